@@ -1,0 +1,451 @@
+// CPU kernels of the rnnfast ops.
+//
+// Layout: every sequence is handled as a time-major 2-D matrix of `rows` rows;
+// step t owns rows [offsets[t], offsets[t] + batch_sizes[t]). Dense input is the
+// special case batch_sizes[t] == N, so packed and dense sequences share one path.
+// A layer's output Y is (rows, D*H); direction d owns columns [d*H, (d+1)*H).
+//
+// Forward, per layer and direction:
+//   Y_d  = X @ W_ih^T                        one GEMM over all rows
+//   per step t:  Y_d[t] += h_prev @ W_hh^T   one GEMM (in place)
+//                Y_d[t]  = act(Y_d[t] + b_ih + b_hh)   one fused pass
+// Backward (BPTT), per layer (top down) and direction, dZ starts as dY:
+//   per step:  dZ[t] += grad_h_n rows whose sequence ends at t
+//              dZ[t] *= act'(Y[t])                     one fused pass
+//              dZ[t-1] += dZ[t] @ W_hh  (or grad_hx)   one GEMM
+//   then dW_ih = dZ^T X, dW_hh = dZ^T H_prev, db = sum_rows dZ, dX = dZ W_ih:
+//   each one GEMM / reduction over all rows.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <cstring>
+
+#include "../kernels/activations.h"
+#include "../rnn_args.h"
+#include "blas.h"
+
+namespace rnnfast::cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+// Elementwise passes below this many elements stay on the calling thread: a
+// fork/join costs more than the work.
+constexpr int64_t kParallelGrain = 32768;
+
+// h[r, :] = act(z[r, :] + bias) for r < nrows. z and h may alias (in place).
+template <typename T>
+void bias_act_rows(Activation act, int64_t nrows, int64_t H, const T* bias, const T* z,
+                   int64_t ldz, T* h, int64_t ldh) {
+  using Vec = Vectorized<T>;
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(H, 1));
+  at::parallel_for(0, nrows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* zr = z + r * ldz;
+      T* hr = h + r * ldh;
+      int64_t j = 0;
+      for (; j + Vec::size() <= H; j += Vec::size()) {
+        Vec v = Vec::loadu(zr + j) + Vec::loadu(bias + j);
+        v = act == Activation::Tanh ? v.tanh() : at::vec::maximum(v, Vec(T(0)));
+        v.store(hr + j);
+      }
+      for (; j < H; ++j) hr[j] = activate<T>(act, zr[j] + bias[j]);
+    }
+  });
+}
+
+// dz[r, :] *= act'(h[r, :]) for r < nrows.
+template <typename T>
+void mul_act_grad_rows(Activation act, int64_t nrows, int64_t H, T* dz, int64_t ldz, const T* h,
+                       int64_t ldh) {
+  using Vec = Vectorized<T>;
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(H, 1));
+  at::parallel_for(0, nrows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      T* dzr = dz + r * ldz;
+      const T* hr = h + r * ldh;
+      int64_t j = 0;
+      for (; j + Vec::size() <= H; j += Vec::size()) {
+        Vec hv = Vec::loadu(hr + j);
+        Vec g = act == Activation::Tanh
+                    ? Vec(T(1)) - hv * hv
+                    : Vec::blendv(Vec(T(0)), Vec(T(1)), hv > Vec(T(0)));
+        (Vec::loadu(dzr + j) * g).store(dzr + j);
+      }
+      for (; j < H; ++j) dzr[j] *= activation_grad_from_output<T>(act, hr[j]);
+    }
+  });
+}
+
+// dst[r, :] (+)= src[r, :] for r < nrows.
+template <typename T>
+void copy_rows(int64_t nrows, int64_t H, const T* src, int64_t lds, T* dst, int64_t ldd,
+               bool accumulate) {
+  for (int64_t r = 0; r < nrows; ++r) {
+    if (accumulate) {
+      for (int64_t j = 0; j < H; ++j) dst[r * ldd + j] += src[r * lds + j];
+    } else {
+      std::memcpy(dst + r * ldd, src + r * lds, sizeof(T) * H);
+    }
+  }
+}
+
+// 2-D tensor view of raw memory with row stride ld, for the few ATen calls made
+// outside the time loop.
+template <typename T>
+at::Tensor view_2d(T* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(data, {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// Per layer/direction weight pointers (contiguous copies held by the caller).
+template <typename T>
+struct LayerWeights {
+  const T* w_ih = nullptr;
+  const T* w_hh = nullptr;
+  std::vector<T> bias;  // b_ih + b_hh (zeros without biases)
+};
+
+template <typename T>
+std::vector<LayerWeights<T>> gather_weights(const RnnSizes& s,
+                                            const std::vector<at::Tensor>& weights) {
+  std::vector<LayerWeights<T>> out(s.NL * s.D);
+  for (const auto i : c10::irange(s.NL * s.D)) {
+    const int64_t base = i * s.weights_per_layer();
+    out[i].w_ih = weights[base].const_data_ptr<T>();
+    out[i].w_hh = weights[base + 1].const_data_ptr<T>();
+    out[i].bias.assign(s.H, T(0));
+    if (s.has_biases) {
+      const T* b_ih = weights[base + 2].const_data_ptr<T>();
+      const T* b_hh = weights[base + 3].const_data_ptr<T>();
+      for (const auto j : c10::irange(s.H)) out[i].bias[j] = b_ih[j] + b_hh[j];
+    }
+  }
+  return out;
+}
+
+// The input of `layer`: x for layer 0, else the layer below's output times its dropout mask.
+at::Tensor layer_input(const RnnSizes& s, int64_t layer, const at::Tensor& x2d,
+                       const at::Tensor& workspace, const std::optional<at::Tensor>& masks) {
+  if (layer == 0) return x2d;
+  at::Tensor below = workspace[layer - 1];
+  if (masks.has_value() && masks->defined()) return below * (*masks)[layer - 1];
+  return below;
+}
+
+template <typename T>
+void forward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
+                   const std::vector<LayerWeights<T>>& lw, const T* hx, T* Y, T* h_n) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  for (const auto d : c10::irange(s.D)) {
+    const LayerWeights<T>& w = lw[layer * s.D + d];
+    const T* hx_d = hx + (layer * s.D + d) * s.N * H;
+    T* hn_d = h_n + (layer * s.D + d) * s.N * H;
+    T* Yd = Y + d * H;
+    gemm<T>(false, true, s.rows, H, I_l, T(1), X, I_l, w.w_ih, I_l, T(0), Yd, DH);
+    if (d == 0) {
+      for (int64_t t = 0; t < T_; ++t) {
+        T* Yt = Yd + off[t] * DH;
+        const T* h_prev = t == 0 ? hx_d : Yd + off[t - 1] * DH;
+        const int64_t ld_prev = t == 0 ? H : DH;
+        gemm<T>(false, true, bs[t], H, H, T(1), h_prev, ld_prev, w.w_hh, H, T(1), Yt, DH);
+        bias_act_rows<T>(s.act, bs[t], H, w.bias.data(), Yt, DH, Yt, DH);
+        // Rows whose sequence ends at this step hold their final state.
+        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+        copy_rows<T>(bs[t] - live_next, H, Yt + live_next * DH, DH, hn_d + live_next * H, H,
+                     false);
+      }
+    } else {
+      for (int64_t t = T_ - 1; t >= 0; --t) {
+        T* Yt = Yd + off[t] * DH;
+        // Rows alive at t+1 continue from there; rows that start at t start from hx.
+        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+        if (live_next > 0)
+          gemm<T>(false, true, live_next, H, H, T(1), Yd + off[t + 1] * DH, DH, w.w_hh, H, T(1),
+                  Yt, DH);
+        gemm<T>(false, true, bs[t] - live_next, H, H, T(1), hx_d + live_next * H, H, w.w_hh, H,
+                T(1), Yt + live_next * DH, DH);
+        bias_act_rows<T>(s.act, bs[t], H, w.bias.data(), Yt, DH, Yt, DH);
+      }
+      copy_rows<T>(s.N, H, Yd + off[0] * DH, DH, hn_d, H, false);
+    }
+  }
+}
+
+template <typename T>
+void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx,
+                  const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& masks,
+                  const at::Tensor& out2d, const at::Tensor& h_n, const at::Tensor& workspace) {
+  const auto lw = gather_weights<T>(s, weights);
+  for (const auto layer : c10::irange(s.NL)) {
+    at::Tensor X = layer_input(s, layer, x2d, workspace, masks).contiguous();
+    at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
+    forward_layer<T>(s, layer, X.const_data_ptr<T>(), s.layer_input_size(layer), lw,
+                     hx.const_data_ptr<T>(), Y.mutable_data_ptr<T>(), h_n.mutable_data_ptr<T>());
+  }
+}
+
+template <typename T>
+void backward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
+                    const std::vector<LayerWeights<T>>& lw, const T* hx, const T* Y, T* dZ,
+                    const T* grad_h_n, T* dX, T* grad_hx, T* H_prev,
+                    const std::vector<at::Tensor>& grad_weights) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  for (const auto d : c10::irange(s.D)) {
+    const int64_t ld = layer * s.D + d;
+    const LayerWeights<T>& w = lw[ld];
+    const T* hx_d = hx + ld * s.N * H;
+    const T* dhn_d = grad_h_n ? grad_h_n + ld * s.N * H : nullptr;
+    T* dhx_d = grad_hx + ld * s.N * H;
+    const T* Yd = Y + d * H;
+    T* dZd = dZ + d * H;
+
+    if (d == 0) {
+      for (int64_t t = T_ - 1; t >= 0; --t) {
+        T* dZt = dZd + off[t] * DH;
+        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+        if (dhn_d)
+          copy_rows<T>(bs[t] - live_next, H, dhn_d + live_next * H, H, dZt + live_next * DH, DH,
+                       true);
+        mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
+        if (t > 0) {
+          gemm<T>(false, false, bs[t], H, H, T(1), dZt, DH, w.w_hh, H, T(1),
+                  dZd + off[t - 1] * DH, DH);
+        } else {
+          gemm<T>(false, false, bs[0], H, H, T(1), dZt, DH, w.w_hh, H, T(0), dhx_d, H);
+        }
+      }
+    } else {
+      for (int64_t t = 0; t < T_; ++t) {
+        T* dZt = dZd + off[t] * DH;
+        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+        if (t == 0 && dhn_d) copy_rows<T>(bs[0], H, dhn_d, H, dZt, DH, true);
+        mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
+        if (live_next > 0)
+          gemm<T>(false, false, live_next, H, H, T(1), dZt, DH, w.w_hh, H, T(1),
+                  dZd + off[t + 1] * DH, DH);
+        gemm<T>(false, false, bs[t] - live_next, H, H, T(1), dZt + live_next * DH, DH, w.w_hh, H,
+                T(0), dhx_d + live_next * H, H);
+      }
+    }
+
+    // H_prev[t] = the hidden state step t started from (same rows as dZ[t]).
+    for (int64_t t = 0; t < T_; ++t) {
+      T* dst = H_prev + off[t] * H;
+      if (d == 0) {
+        if (t == 0) copy_rows<T>(bs[0], H, hx_d, H, dst, H, false);
+        else copy_rows<T>(bs[t], H, Yd + off[t - 1] * DH, DH, dst, H, false);
+      } else {
+        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+        if (live_next > 0) copy_rows<T>(live_next, H, Yd + off[t + 1] * DH, DH, dst, H, false);
+        copy_rows<T>(bs[t] - live_next, H, hx_d + live_next * H, H, dst + live_next * H, H, false);
+      }
+    }
+
+    const int64_t base = ld * s.weights_per_layer();
+    gemm<T>(true, false, H, I_l, s.rows, T(1), dZd, DH, X, I_l, T(0),
+            grad_weights[base].mutable_data_ptr<T>(), I_l);
+    gemm<T>(true, false, H, H, s.rows, T(1), dZd, DH, H_prev, H, T(0),
+            grad_weights[base + 1].mutable_data_ptr<T>(), H);
+    if (s.has_biases) {
+      at::Tensor db = grad_weights[base + 2];
+      at::sum_out(db, view_2d(dZd, s.rows, H, DH), {0});
+      grad_weights[base + 3].copy_(db);
+    }
+    gemm<T>(false, false, s.rows, I_l, H, T(1), dZd, DH, w.w_ih, I_l, d == 0 ? T(0) : T(1), dX,
+            I_l);
+  }
+}
+
+template <typename T>
+void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx,
+                   const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& masks,
+                   const at::Tensor& out2d, const at::Tensor& workspace, at::Tensor dZ,
+                   const at::Tensor& grad_h_n, const at::Tensor& grad_x2d,
+                   const at::Tensor& grad_hx, const std::vector<at::Tensor>& grad_weights) {
+  const auto lw = gather_weights<T>(s, weights);
+  at::Tensor H_prev = at::empty({s.rows, s.H}, x2d.options());
+  for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
+    at::Tensor X = layer_input(s, layer, x2d, workspace, masks).contiguous();
+    at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    at::Tensor dX = layer == 0 ? grad_x2d : at::empty({s.rows, I_l}, x2d.options());
+    backward_layer<T>(s, layer, X.const_data_ptr<T>(), I_l, lw, hx.const_data_ptr<T>(),
+                      Y.const_data_ptr<T>(), dZ.mutable_data_ptr<T>(),
+                      grad_h_n.defined() ? grad_h_n.const_data_ptr<T>() : nullptr,
+                      dX.mutable_data_ptr<T>(), grad_hx.mutable_data_ptr<T>(),
+                      H_prev.mutable_data_ptr<T>(), grad_weights);
+    if (layer > 0) {
+      // The layer below's output gradient; dropout's backward is the same mask.
+      if (masks.has_value() && masks->defined()) dX.mul_((*masks)[layer - 1]);
+      dZ = dX;
+    }
+  }
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
+  std::vector<at::Tensor> out;
+  out.reserve(weights.size());
+  for (const auto& w : weights) out.push_back(w.contiguous());
+  return out;
+}
+
+void check_cpu_dtype(const char* op, const at::Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": the CPU kernels support float32 and float64 inputs, got ", input.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional) {
+  const char* op = "rnnfast.rnn_forward";
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
+                                    has_biases, num_layers, nonlinearity, bidirectional);
+  check_cpu_dtype(op, input);
+  at::Tensor output = at::empty(output_shape(s), input.options());
+  at::Tensor h_n = at::empty({s.NL * s.D, s.N, s.H}, input.options());
+  at::Tensor workspace = at::empty(workspace_shape(s), input.options());
+  if (s.rows == 0 || s.H == 0) {  // empty batch: nothing to compute, h_n is empty too
+    h_n.zero_();
+    output.zero_();
+    return {output, h_n, workspace};
+  }
+  const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
+  const at::Tensor hx_c = hx.contiguous();
+  const auto w = contiguous_all(weights);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_forward_cpu", [&] {
+    forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, output.view({s.rows, s.D * s.H}),
+                           h_n, workspace);
+  });
+  return {output, h_n, workspace};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
+    c10::string_view nonlinearity, bool bidirectional) {
+  const char* op = "rnnfast._rnn_backward";
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
+                                    has_biases, num_layers, nonlinearity, bidirectional);
+  check_cpu_dtype(op, input);
+  check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
+
+  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_hx = at::empty(hx.sizes(), hx.options());
+  std::vector<at::Tensor> grad_weights;
+  for (const auto& w : weights) grad_weights.push_back(at::empty(w.sizes(), w.options()));
+  if (s.rows == 0 || s.H == 0) {
+    grad_input.zero_();
+    grad_hx.zero_();
+    for (auto& g : grad_weights) g.zero_();
+    return {grad_input, grad_hx, grad_weights};
+  }
+  // dZ starts as the output gradient and is overwritten in place: always a fresh buffer.
+  const bool has_go = grad_output.has_value() && grad_output->defined();
+  at::Tensor dZ = has_go ? grad_output->reshape({s.rows, s.D * s.H}).clone(at::MemoryFormat::Contiguous)
+                         : at::zeros({s.rows, s.D * s.H}, input.options());
+  const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
+  const at::Tensor ghn = has_ghn ? grad_h_n->contiguous() : at::Tensor();
+  const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
+  const auto w = contiguous_all(weights);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_backward_cpu", [&] {
+    backward_impl<scalar_t>(s, x2d, hx.contiguous(), w, dropout_masks,
+                            output.contiguous().view({s.rows, s.D * s.H}), workspace.contiguous(),
+                            dZ, ghn, grad_input.view({s.rows, s.I}), grad_hx, grad_weights);
+  });
+  return {grad_input, grad_hx, grad_weights};
+}
+
+// ---------------------------------------------------------------------------
+// Cell
+// ---------------------------------------------------------------------------
+
+at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
+                                const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                const std::optional<at::Tensor>& b_ih,
+                                const std::optional<at::Tensor>& b_hh,
+                                c10::string_view nonlinearity) {
+  const char* op = "rnnfast.rnn_cell_forward";
+  const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
+  check_cpu_dtype(op, input);
+  at::Tensor h = at::empty({s.N, s.H}, input.options());
+  if (s.N == 0 || s.H == 0) return h;
+  const at::Tensor x = input.contiguous(), h0 = hx.contiguous();
+  const at::Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_cell_forward_cpu", [&] {
+    using T = scalar_t;
+    std::vector<T> bias(s.H, T(0));
+    if (s.has_bias) {
+      const at::Tensor bi = b_ih->contiguous(), bh = b_hh->contiguous();
+      for (const auto j : c10::irange(s.H))
+        bias[j] = bi.const_data_ptr<T>()[j] + bh.const_data_ptr<T>()[j];
+    }
+    T* out = h.mutable_data_ptr<T>();
+    gemm<T>(false, true, s.N, s.H, s.I, T(1), x.const_data_ptr<T>(), s.I, wi.const_data_ptr<T>(),
+            s.I, T(0), out, s.H);
+    gemm<T>(false, true, s.N, s.H, s.H, T(1), h0.const_data_ptr<T>(), s.H,
+            wh.const_data_ptr<T>(), s.H, T(1), out, s.H);
+    bias_act_rows<T>(s.act, s.N, s.H, bias.data(), out, s.H, out, s.H);
+  });
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_backward_cpu(
+    const at::Tensor& grad_h, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h, bool has_bias,
+    c10::string_view nonlinearity) {
+  const char* op = "rnnfast._rnn_cell_backward";
+  const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt,
+                                      nonlinearity);
+  check_cpu_dtype(op, input);
+  TORCH_CHECK(grad_h.sizes().equals({s.N, s.H}) && grad_h.scalar_type() == input.scalar_type(),
+              op, ": grad_h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ",
+              s.H, "], got ", grad_h.scalar_type(), " ", grad_h.sizes());
+  TORCH_CHECK(h.sizes().equals({s.N, s.H}) && h.scalar_type() == input.scalar_type(), op,
+              ": h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ", s.H,
+              "], got ", h.scalar_type(), " ", h.sizes());
+  at::Tensor dz = grad_h.clone(at::MemoryFormat::Contiguous);
+  at::Tensor gx = at::empty({s.N, s.I}, input.options());
+  at::Tensor ghx = at::empty({s.N, s.H}, input.options());
+  at::Tensor gwi = at::empty({s.H, s.I}, input.options());
+  at::Tensor gwh = at::empty({s.H, s.H}, input.options());
+  at::Tensor gb = has_bias ? at::empty({s.H}, input.options()) : at::empty({0}, input.options());
+  const at::Tensor x = input.contiguous(), h0 = hx.contiguous(), hc = h.contiguous();
+  const at::Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_cell_backward_cpu", [&] {
+    using T = scalar_t;
+    T* dzp = dz.mutable_data_ptr<T>();
+    mul_act_grad_rows<T>(s.act, s.N, s.H, dzp, s.H, hc.const_data_ptr<T>(), s.H);
+    gemm<T>(false, false, s.N, s.I, s.H, T(1), dzp, s.H, wi.const_data_ptr<T>(), s.I, T(0),
+            gx.mutable_data_ptr<T>(), s.I);
+    gemm<T>(false, false, s.N, s.H, s.H, T(1), dzp, s.H, wh.const_data_ptr<T>(), s.H, T(0),
+            ghx.mutable_data_ptr<T>(), s.H);
+    gemm<T>(true, false, s.H, s.I, s.N, T(1), dzp, s.H, x.const_data_ptr<T>(), s.I, T(0),
+            gwi.mutable_data_ptr<T>(), s.I);
+    gemm<T>(true, false, s.H, s.H, s.N, T(1), dzp, s.H, h0.const_data_ptr<T>(), s.H, T(0),
+            gwh.mutable_data_ptr<T>(), s.H);
+  });
+  if (has_bias) at::sum_out(gb, dz, {0});
+  return {gx, ghx, gwi, gwh, gb};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward_cpu);
+  m.impl("_rnn_backward", &rnn_backward_cpu);
+  m.impl("rnn_cell_forward", &rnn_cell_forward_cpu);
+  m.impl("_rnn_cell_backward", &rnn_cell_backward_cpu);
+}
+
+}  // namespace rnnfast::cpu

@@ -1,0 +1,32 @@
+// Activation functions of the Elman RNN and their derivatives, written once for
+// the CPU and CUDA kernels. The derivatives are expressed through the
+// activation's *output* h (what the forward pass saves), not its input.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define RNNFAST_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define RNNFAST_HOST_DEVICE inline
+#endif
+
+namespace rnnfast {
+
+enum class Activation { Tanh = 0, Relu = 1 };
+
+template <typename T>
+RNNFAST_HOST_DEVICE T activate(Activation act, T z) {
+  if (act == Activation::Tanh) return tanh(z);
+  // NaN must propagate as in torch.relu, so test for "not > 0" explicitly.
+  return (z > T(0) || z != z) ? z : T(0);
+}
+
+// d act(z) / dz, given h = act(z).
+template <typename T>
+RNNFAST_HOST_DEVICE T activation_grad_from_output(Activation act, T h) {
+  if (act == Activation::Tanh) return T(1) - h * h;
+  return h > T(0) ? T(1) : T(0);
+}
+
+}  // namespace rnnfast

@@ -1,0 +1,92 @@
+// The rnnfast operator library: every schema in one TORCH_LIBRARY block, plus the
+// typed C++ entry points of rnnfast.h. Kernels are registered per backend in
+// cpu/ and cuda/ with TORCH_LIBRARY_IMPL; autograd and fake kernels from Python.
+#include <torch/library.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "rnnfast.h"
+
+TORCH_LIBRARY(rnnfast, m) {
+  // Whole multi-layer (bi)directional Elman RNN over a time-major sequence.
+  //   input          (L, N, H_in) dense, or (sum(batch_sizes), H_in) packed
+  //   hx             (num_layers * D, N, H)
+  //   weights        nn.RNN's _flat_weights: per layer, per direction
+  //                  w_ih (H, H_in or D*H), w_hh (H, H)[, b_ih (H), b_hh (H)]
+  //   batch_sizes    None, or PackedSequence.batch_sizes (int64, CPU)
+  //   dropout_masks  None, or (num_layers - 1, rows, D*H): multiplies the output of
+  //                  each layer but the last (already scaled by 1 / (1 - p))
+  // Returns output (L, N, D*H) or (rows, D*H), h_n (num_layers * D, N, H), and the
+  // workspace that _rnn_backward needs: the outputs of the layers below the top
+  // one, (num_layers - 1, rows, D*H).
+  m.def(
+      "rnn_forward(Tensor input, Tensor hx, Tensor[] weights, Tensor? batch_sizes, "
+      "Tensor? dropout_masks, bool has_biases, int num_layers, str nonlinearity, "
+      "bool bidirectional) -> (Tensor output, Tensor h_n, Tensor workspace)");
+  // Backpropagation through time for rnn_forward. grad_output / grad_h_n may be
+  // None (treated as zeros). Returns the gradients of input, hx and every weight.
+  m.def(
+      "_rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor hx, "
+      "Tensor[] weights, Tensor? batch_sizes, Tensor? dropout_masks, Tensor output, "
+      "Tensor workspace, bool has_biases, int num_layers, str nonlinearity, "
+      "bool bidirectional) -> (Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+  // One step of an Elman cell: h = act(input @ w_ih^T + b_ih + hx @ w_hh^T + b_hh).
+  //   input (N, H_in), hx (N, H), w_ih (H, H_in), w_hh (H, H), b_ih / b_hh (H) or None
+  m.def(
+      "rnn_cell_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, str nonlinearity) -> Tensor");
+  // Backward of rnn_cell_forward, given its output h. Returns the gradients of
+  // input, hx, w_ih, w_hh and of the bias (one tensor: b_ih and b_hh share it;
+  // empty when there is no bias).
+  m.def(
+      "_rnn_cell_backward(Tensor grad_h, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor h, bool has_bias, str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+}
+
+namespace rnnfast {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("rnnfast::rnn_forward", "")
+                       .typed<decltype(rnn_forward)>();
+  return op.call(input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers,
+                 nonlinearity, bidirectional);
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward(
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
+    c10::string_view nonlinearity, bool bidirectional) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("rnnfast::_rnn_backward", "")
+                       .typed<decltype(rnn_backward)>();
+  return op.call(grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output,
+                 workspace, has_biases, num_layers, nonlinearity, bidirectional);
+}
+
+at::Tensor rnn_cell_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                            const std::optional<at::Tensor>& b_hh,
+                            c10::string_view nonlinearity) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("rnnfast::rnn_cell_forward", "")
+                       .typed<decltype(rnn_cell_forward)>();
+  return op.call(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
+}
+
+}  // namespace rnnfast
+
+#ifdef RNNFAST_PYTHON_MODULE
+#include <Python.h>
+// An empty extension module: `import rnnfast._C` loads this shared library, whose
+// static initializers above register the ops with the dispatcher.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+#endif

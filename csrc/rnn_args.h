@@ -1,0 +1,64 @@
+// Validation of the rnnfast op arguments and the sizes derived from them.
+// Shared by every backend so that bad input gets the same message on CPU and CUDA.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+#include <optional>
+#include <vector>
+
+#include "kernels/activations.h"
+
+namespace rnnfast {
+
+// Sizes of one rnn_forward / _rnn_backward call.
+//   T     number of time steps (L)
+//   N     batch size (max batch for packed input)
+//   I     input features of layer 0 (H_in)
+//   H     hidden size
+//   D     directions (1 or 2)
+//   NL    layers
+//   rows  rows of the time-major 2-D view of the input: T*N dense, sum(batch_sizes) packed
+struct RnnSizes {
+  int64_t T = 0, N = 0, I = 0, H = 0, D = 1, NL = 1, rows = 0;
+  bool packed = false;
+  bool has_biases = true;
+  Activation act = Activation::Tanh;
+  // Per step: live batch rows and the row offset of the step in the 2-D view.
+  std::vector<int64_t> batch_sizes, offsets;
+
+  int64_t weights_per_layer() const { return has_biases ? 4 : 2; }
+  int64_t layer_input_size(int64_t layer) const { return layer == 0 ? I : D * H; }
+};
+
+Activation parse_nonlinearity(c10::string_view nonlinearity);
+
+// Checks every argument of rnn_forward and returns the sizes. `op` names the op in messages.
+RnnSizes check_rnn_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
+                        at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+                        const std::optional<at::Tensor>& dropout_masks, bool has_biases,
+                        int64_t num_layers, c10::string_view nonlinearity, bool bidirectional);
+
+// Checks the extra arguments of _rnn_backward against the sizes of the forward call.
+void check_rnn_backward_args(const RnnSizes& s, const at::Tensor& input,
+                             const std::optional<at::Tensor>& grad_output,
+                             const std::optional<at::Tensor>& grad_h_n, const at::Tensor& output,
+                             const at::Tensor& workspace);
+
+// Output shapes; they depend only on the sizes, never on the device.
+std::vector<int64_t> output_shape(const RnnSizes& s);
+std::vector<int64_t> workspace_shape(const RnnSizes& s);
+
+// Cell op sizes: N, I, H.
+struct CellSizes {
+  int64_t N = 0, I = 0, H = 0;
+  bool has_bias = true;
+  Activation act = Activation::Tanh;
+};
+
+CellSizes check_cell_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
+                          const at::Tensor& w_ih, const at::Tensor& w_hh,
+                          const std::optional<at::Tensor>& b_ih,
+                          const std::optional<at::Tensor>& b_hh, c10::string_view nonlinearity);
+
+}  // namespace rnnfast

@@ -1,0 +1,31 @@
+// Public C++ API of rnnfast: typed entry points that call the dispatcher, so C++
+// callers get the same device dispatch and checks as Python. Shapes are documented
+// on the schemas in ops.cpp. (Autograd is registered from Python; C++ callers who
+// train call rnn_backward themselves.)
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/string_view.h>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace rnnfast {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional);
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward(
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
+    c10::string_view nonlinearity, bool bidirectional);
+
+at::Tensor rnn_cell_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                            const std::optional<at::Tensor>& b_hh, c10::string_view nonlinearity);
+
+}  // namespace rnnfast
