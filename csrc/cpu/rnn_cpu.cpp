@@ -26,6 +26,9 @@
 #include "../kernels/activations.h"
 #include "../rnn_args.h"
 #include "blas.h"
+#include "step_avx512.h"
+
+#include <omp.h>
 
 namespace rnnfast::cpu {
 namespace {
@@ -136,6 +139,209 @@ at::Tensor layer_input(const RnnSizes& s, int64_t layer, const at::Tensor& x2d,
   return below;
 }
 
+
+// ---------------------------------------------------------------------------
+// float32 + AVX-512: fused step kernel, one OpenMP team per layer
+// ---------------------------------------------------------------------------
+
+// A step smaller than this many multiply-adds runs on one thread: a barrier per
+// step would cost more than it saves.
+constexpr int64_t kTeamMinFlops = 48 * 1024;
+
+bool use_fast_path() { return avx512::supported(); }
+
+// How to spread one layer's time loop over threads. Directions of a bidirectional
+// layer are independent: one thread each, no synchronisation. A unidirectional
+// layer splits the step's columns (rows of W_hh) over threads, with one barrier per
+// step, only when a step is large enough to pay for it.
+struct TeamPlan {
+  int threads = 1;
+  bool per_direction = false;
+};
+
+TeamPlan plan_team(const RnnSizes& s) {
+  TeamPlan p;
+  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (nt < 2) return p;
+  if (s.D == 2) {
+    p.threads = 2;
+    p.per_direction = true;
+  } else if (s.N * s.H * s.H >= kTeamMinFlops && s.H >= 32) {
+    p.threads = static_cast<int>(std::min<int64_t>(nt, s.H / 16));
+  }
+  return p;
+}
+
+// Column slice [begin, end) of H owned by thread `tid` of `n`; 16-aligned.
+std::pair<int64_t, int64_t> column_slice(int64_t H, int tid, int n) {
+  const int64_t units = (H + 15) / 16;
+  const int64_t b = units * tid / n, e = units * (tid + 1) / n;
+  return {std::min(H, b * 16), std::min(H, e * 16)};
+}
+
+template <typename Body>
+void run_team(const TeamPlan& p, Body body) {
+  if (p.threads <= 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(p.threads)
+  body(omp_get_thread_num(), omp_get_num_threads());
+}
+
+inline void team_barrier(int n) {
+  if (n > 1) {
+#pragma omp barrier
+  }
+}
+
+// Forward time loop of one direction on columns [c0, c1) of H.
+void forward_direction_f32(const RnnSizes& s, int64_t d, const float* WT, const float* bias,
+                           const float* hx_d, float* Y, float* hn_d, int64_t c0, int64_t c1,
+                           int team) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  float* Yd = Y + d * H;
+  avx512::StepArgs a;
+  a.N = H;
+  a.K = H;
+  a.B = WT;
+  a.ldb = H;
+  a.ldc = DH;
+  a.bias = bias;
+  a.act = s.act;
+  a.epilogue = avx512::Epilogue::Activate;
+  auto copy_cols = [&](int64_t nrows, const float* src, int64_t lds, float* dst, int64_t ldd) {
+    for (int64_t r = 0; r < nrows; ++r)
+      std::memcpy(dst + r * ldd + c0, src + r * lds + c0, sizeof(float) * (c1 - c0));
+  };
+  if (d == 0) {
+    for (int64_t t = 0; t < T_; ++t) {
+      a.M = bs[t];
+      a.A = t == 0 ? hx_d : Yd + off[t - 1] * DH;
+      a.lda = t == 0 ? H : DH;
+      a.C = Yd + off[t] * DH;
+      avx512::step(a, c0, c1);
+      const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+      copy_cols(bs[t] - live_next, a.C + live_next * DH, DH, hn_d + live_next * H, H);
+      team_barrier(team);
+    }
+  } else {
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+      float* Yt = Yd + off[t] * DH;
+      a.M = live_next;
+      a.A = Yd + (t + 1 < T_ ? off[t + 1] : 0) * DH;
+      a.lda = DH;
+      a.C = Yt;
+      avx512::step(a, c0, c1);
+      a.M = bs[t] - live_next;
+      a.A = hx_d + live_next * H;
+      a.lda = H;
+      a.C = Yt + live_next * DH;
+      avx512::step(a, c0, c1);
+      team_barrier(team);
+    }
+    copy_cols(s.N, Yd + off[0] * DH, DH, hn_d, H);
+  }
+}
+
+// Backward time loop of one direction on columns [c0, c1). dZ holds dY (plus the
+// h_n gradient, already added) and becomes dZ; W is W_hh (H x H) row-major.
+void backward_direction_f32(const RnnSizes& s, int64_t d, const float* W, const float* Y,
+                            float* dZ, float* dhx_d, int64_t c0, int64_t c1, int team) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  const float* Yd = Y + d * H;
+  float* dZd = dZ + d * H;
+  avx512::StepArgs g;  // dZ[t] = (dZ[t] + dZ[src] @ W_hh) * act'(Y[t])
+  g.N = H;
+  g.B = W;
+  g.ldb = H;
+  g.lda = DH;
+  g.ldc = DH;
+  g.ldy = DH;
+  g.act = s.act;
+  g.epilogue = avx512::Epilogue::ActGrad;
+  avx512::StepArgs st;  // dhx rows = dZ[src] @ W_hh
+  st.N = H;
+  st.K = H;
+  st.B = W;
+  st.ldb = H;
+  st.lda = DH;
+  st.ldc = H;
+  st.epilogue = avx512::Epilogue::Store;
+  if (d == 0) {
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+      g.C = dZd + off[t] * DH;
+      g.Y = Yd + off[t] * DH;
+      g.M = live_next;
+      g.K = H;
+      g.A = dZd + (t + 1 < T_ ? off[t + 1] : 0) * DH;
+      avx512::step(g, c0, c1);
+      g.M = bs[t] - live_next;  // sequences ending at t: no recurrent gradient
+      g.K = 0;
+      g.C += live_next * DH;
+      g.Y += live_next * DH;
+      avx512::step(g, c0, c1);
+      team_barrier(team);
+    }
+    st.M = bs[0];
+    st.A = dZd + off[0] * DH;
+    st.C = dhx_d;
+    avx512::step(st, c0, c1);
+  } else {
+    for (int64_t t = 0; t < T_; ++t) {
+      g.C = dZd + off[t] * DH;
+      g.Y = Yd + off[t] * DH;
+      g.M = bs[t];
+      g.K = t == 0 ? 0 : H;
+      g.A = dZd + (t == 0 ? 0 : off[t - 1]) * DH;
+      avx512::step(g, c0, c1);
+      if (t > 0) {  // rows of step t-1 that started from hx
+        st.M = bs[t - 1] - bs[t];
+        st.A = dZd + (off[t - 1] + bs[t]) * DH;
+        st.C = dhx_d + bs[t] * H;
+        avx512::step(st, c0, c1);
+      }
+      team_barrier(team);
+    }
+    st.M = bs[T_ - 1];
+    st.A = dZd + off[T_ - 1] * DH;
+    st.C = dhx_d;
+    avx512::step(st, c0, c1);
+  }
+}
+
+void forward_layer_fast(const RnnSizes& s, int64_t layer, const float* X, int64_t I_l,
+                        const std::vector<LayerWeights<float>>& lw, const float* hx, float* Y,
+                        float* h_n) {
+  const int64_t H = s.H, DH = s.D * s.H;
+  std::vector<float> WT(s.D * H * H);
+  for (const auto d : c10::irange(s.D)) {
+    const LayerWeights<float>& w = lw[layer * s.D + d];
+    gemm<float>(false, true, s.rows, H, I_l, 1.f, X, I_l, w.w_ih, I_l, 0.f, Y + d * H, DH);
+    float* wt = WT.data() + d * H * H;
+    for (int64_t i = 0; i < H; ++i)
+      for (int64_t j = 0; j < H; ++j) wt[j * H + i] = w.w_hh[i * H + j];
+  }
+  const TeamPlan plan = plan_team(s);
+  run_team(plan, [&](int tid, int n) {
+    for (int64_t d = 0; d < s.D; ++d) {
+      if (plan.per_direction && d != tid) continue;
+      const int64_t ld = layer * s.D + d;
+      auto [c0, c1] = plan.per_direction ? std::pair<int64_t, int64_t>{0, H}
+                                         : column_slice(H, tid, n);
+      forward_direction_f32(s, d, WT.data() + d * H * H, lw[ld].bias.data(),
+                            hx + ld * s.N * H, Y, h_n + ld * s.N * H, c0, c1,
+                            plan.per_direction ? 1 : n);
+    }
+  });
+}
+
 template <typename T>
 void forward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
                    const std::vector<LayerWeights<T>>& lw, const T* hx, T* Y, T* h_n) {
@@ -185,8 +391,70 @@ void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx
   for (const auto layer : c10::irange(s.NL)) {
     at::Tensor X = layer_input(s, layer, x2d, workspace, masks).contiguous();
     at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
+    if constexpr (std::is_same_v<T, float>) {
+      if (use_fast_path()) {
+        forward_layer_fast(s, layer, X.const_data_ptr<float>(), s.layer_input_size(layer), lw,
+                           hx.const_data_ptr<float>(), Y.mutable_data_ptr<float>(),
+                           h_n.mutable_data_ptr<float>());
+        continue;
+      }
+    }
     forward_layer<T>(s, layer, X.const_data_ptr<T>(), s.layer_input_size(layer), lw,
                      hx.const_data_ptr<T>(), Y.mutable_data_ptr<T>(), h_n.mutable_data_ptr<T>());
+  }
+}
+
+// BLAS time loop of one direction (any dtype): see the file comment.
+template <typename T>
+void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T* dZ,
+                        const T* dhn_d, T* dhx_d) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  const T* Yd = Y + d * H;
+  T* dZd = dZ + d * H;
+  if (d == 0) {
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      T* dZt = dZd + off[t] * DH;
+      const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+      if (dhn_d)
+        copy_rows<T>(bs[t] - live_next, H, dhn_d + live_next * H, H, dZt + live_next * DH, DH,
+                     true);
+      mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
+      if (t > 0) {
+        gemm<T>(false, false, bs[t], H, H, T(1), dZt, DH, W, H, T(1), dZd + off[t - 1] * DH, DH);
+      } else {
+        gemm<T>(false, false, bs[0], H, H, T(1), dZt, DH, W, H, T(0), dhx_d, H);
+      }
+    }
+  } else {
+    for (int64_t t = 0; t < T_; ++t) {
+      T* dZt = dZd + off[t] * DH;
+      const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+      if (t == 0 && dhn_d) copy_rows<T>(bs[0], H, dhn_d, H, dZt, DH, true);
+      mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
+      if (live_next > 0)
+        gemm<T>(false, false, live_next, H, H, T(1), dZt, DH, W, H, T(1), dZd + off[t + 1] * DH,
+                DH);
+      gemm<T>(false, false, bs[t] - live_next, H, H, T(1), dZt + live_next * DH, DH, W, H, T(0),
+              dhx_d + live_next * H, H);
+    }
+  }
+}
+
+// The fast path's loop expects the h_n gradient already in dZ: add it to the rows
+// of the step where each sequence's state becomes h_n.
+void add_grad_h_n_f32(const RnnSizes& s, int64_t d, const float* dhn_d, float* dZ) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  float* dZd = dZ + d * H;
+  if (d == 1) {
+    copy_rows<float>(s.batch_sizes[0], H, dhn_d, H, dZd + s.offsets[0] * DH, DH, true);
+    return;
+  }
+  for (int64_t t = 0; t < T_; ++t) {
+    const int64_t live_next = t + 1 < T_ ? s.batch_sizes[t + 1] : 0;
+    copy_rows<float>(s.batch_sizes[t] - live_next, H, dhn_d + live_next * H, H,
+                     dZd + (s.offsets[t] + live_next) * DH, DH, true);
   }
 }
 
@@ -198,43 +466,40 @@ void backward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
   const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
   const auto& bs = s.batch_sizes;
   const auto& off = s.offsets;
+
+  bool fast = false;
+  if constexpr (std::is_same_v<T, float>) fast = use_fast_path();
+  if (fast) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (grad_h_n)
+        for (const auto d : c10::irange(s.D))
+          add_grad_h_n_f32(s, d, grad_h_n + (layer * s.D + d) * s.N * H, dZ);
+      const TeamPlan plan = plan_team(s);
+      run_team(plan, [&](int tid, int n) {
+        for (int64_t d = 0; d < s.D; ++d) {
+          if (plan.per_direction && d != tid) continue;
+          const int64_t ld = layer * s.D + d;
+          auto [c0, c1] = plan.per_direction ? std::pair<int64_t, int64_t>{0, H}
+                                             : column_slice(H, tid, n);
+          backward_direction_f32(s, d, lw[ld].w_hh, Y, dZ, grad_hx + ld * s.N * H, c0, c1,
+                                 plan.per_direction ? 1 : n);
+        }
+      });
+    }
+  } else {
+    for (const auto d : c10::irange(s.D)) {
+      const int64_t ld = layer * s.D + d;
+      backward_direction<T>(s, d, lw[ld].w_hh, Y, dZ, grad_h_n ? grad_h_n + ld * s.N * H : nullptr,
+                            grad_hx + ld * s.N * H);
+    }
+  }
+
   for (const auto d : c10::irange(s.D)) {
     const int64_t ld = layer * s.D + d;
     const LayerWeights<T>& w = lw[ld];
     const T* hx_d = hx + ld * s.N * H;
-    const T* dhn_d = grad_h_n ? grad_h_n + ld * s.N * H : nullptr;
-    T* dhx_d = grad_hx + ld * s.N * H;
     const T* Yd = Y + d * H;
     T* dZd = dZ + d * H;
-
-    if (d == 0) {
-      for (int64_t t = T_ - 1; t >= 0; --t) {
-        T* dZt = dZd + off[t] * DH;
-        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-        if (dhn_d)
-          copy_rows<T>(bs[t] - live_next, H, dhn_d + live_next * H, H, dZt + live_next * DH, DH,
-                       true);
-        mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
-        if (t > 0) {
-          gemm<T>(false, false, bs[t], H, H, T(1), dZt, DH, w.w_hh, H, T(1),
-                  dZd + off[t - 1] * DH, DH);
-        } else {
-          gemm<T>(false, false, bs[0], H, H, T(1), dZt, DH, w.w_hh, H, T(0), dhx_d, H);
-        }
-      }
-    } else {
-      for (int64_t t = 0; t < T_; ++t) {
-        T* dZt = dZd + off[t] * DH;
-        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-        if (t == 0 && dhn_d) copy_rows<T>(bs[0], H, dhn_d, H, dZt, DH, true);
-        mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
-        if (live_next > 0)
-          gemm<T>(false, false, live_next, H, H, T(1), dZt, DH, w.w_hh, H, T(1),
-                  dZd + off[t + 1] * DH, DH);
-        gemm<T>(false, false, bs[t] - live_next, H, H, T(1), dZt + live_next * DH, DH, w.w_hh, H,
-                T(0), dhx_d + live_next * H, H);
-      }
-    }
 
     // H_prev[t] = the hidden state step t started from (same rows as dZ[t]).
     for (int64_t t = 0; t < T_; ++t) {
@@ -302,6 +567,23 @@ void check_cpu_dtype(const char* op, const at::Tensor& input) {
               ": the CPU kernels support float32 and float64 inputs, got ", input.scalar_type());
 }
 
+// float16 / bfloat16 run the float32 kernels on upcast copies: every product is
+// accumulated in float32 and the hidden state stays float32 along the sequence;
+// only the returned tensors are rounded to the input's dtype.
+bool is_reduced(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
+}
+at::Tensor to_f32(const at::Tensor& t) { return t.to(at::kFloat); }
+std::optional<at::Tensor> to_f32(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return t;
+  return t->to(at::kFloat);
+}
+std::vector<at::Tensor> to_f32(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.to(at::kFloat));
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
@@ -309,6 +591,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const char* op = "rnnfast.rnn_forward";
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
                                     has_biases, num_layers, nonlinearity, bidirectional);
+  if (is_reduced(input)) {
+    const auto dt = input.scalar_type();
+    auto [o, h, w] = rnn_forward_cpu(to_f32(input), to_f32(hx), to_f32(weights), batch_sizes,
+                                     to_f32(dropout_masks), has_biases, num_layers, nonlinearity,
+                                     bidirectional);
+    return {o.to(dt), h.to(dt), w.to(dt)};
+  }
   check_cpu_dtype(op, input);
   at::Tensor output = at::empty(output_shape(s), input.options());
   at::Tensor h_n = at::empty({s.NL * s.D, s.N, s.H}, input.options());
@@ -337,8 +626,17 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
   const char* op = "rnnfast._rnn_backward";
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
                                     has_biases, num_layers, nonlinearity, bidirectional);
-  check_cpu_dtype(op, input);
   check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
+  if (is_reduced(input)) {
+    const auto dt = input.scalar_type();
+    auto [gi, ghx, gw] = rnn_backward_cpu(
+        to_f32(grad_output), to_f32(grad_h_n), to_f32(input), to_f32(hx), to_f32(weights),
+        batch_sizes, to_f32(dropout_masks), to_f32(output), to_f32(workspace), has_biases,
+        num_layers, nonlinearity, bidirectional);
+    for (auto& g : gw) g = g.to(dt);
+    return {gi.to(dt), ghx.to(dt), gw};
+  }
+  check_cpu_dtype(op, input);
 
   at::Tensor grad_input = at::empty(input.sizes(), input.options());
   at::Tensor grad_hx = at::empty(hx.sizes(), hx.options());
@@ -377,6 +675,10 @@ at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
                                 c10::string_view nonlinearity) {
   const char* op = "rnnfast.rnn_cell_forward";
   const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
+  if (is_reduced(input))
+    return rnn_cell_forward_cpu(to_f32(input), to_f32(hx), to_f32(w_ih), to_f32(w_hh),
+                                to_f32(b_ih), to_f32(b_hh), nonlinearity)
+        .to(input.scalar_type());
   check_cpu_dtype(op, input);
   at::Tensor h = at::empty({s.N, s.H}, input.options());
   if (s.N == 0 || s.H == 0) return h;
@@ -407,6 +709,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
   const char* op = "rnnfast._rnn_cell_backward";
   const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt,
                                       nonlinearity);
+  if (is_reduced(input)) {
+    const auto dt = input.scalar_type();
+    auto [gx, ghx, gwi, gwh, gb] =
+        rnn_cell_backward_cpu(to_f32(grad_h), to_f32(input), to_f32(hx), to_f32(w_ih),
+                              to_f32(w_hh), to_f32(h), has_bias, nonlinearity);
+    return {gx.to(dt), ghx.to(dt), gwi.to(dt), gwh.to(dt), gb.to(dt)};
+  }
   check_cpu_dtype(op, input);
   TORCH_CHECK(grad_h.sizes().equals({s.N, s.H}) && grad_h.scalar_type() == input.scalar_type(),
               op, ": grad_h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ",

@@ -1,0 +1,128 @@
+#include "step_avx512.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#define RNNFAST_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")))
+
+// torch's libtorch_cpu exports SLEEF; this is its 1-ulp AVX-512 tanh.
+extern "C" __m512 Sleef_tanhf16_u10avx512f(__m512);
+
+namespace rnnfast::cpu::avx512 {
+
+bool supported() {
+  static const bool ok = __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+namespace {
+
+constexpr int kVec = 16;          // floats per zmm
+constexpr int kMaxRows = 4;       // rows per register block
+constexpr int kMaxVecs = 4;       // zmm per row per register block (64 columns)
+
+// MR rows x NV vectors of C; the last vector is masked by `tail`.
+template <int MR, int NV, Epilogue E>
+RNNFAST_AVX512 void block(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                          float* C, int64_t ldc, const float* Y, int64_t ldy, const float* bias,
+                          Activation act, __mmask16 tail) {
+  __m512 acc[MR][NV];
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = B + k * ldb;
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v)
+      b[v] = v + 1 == NV ? _mm512_maskz_loadu_ps(tail, bk + v * kVec) : _mm512_loadu_ps(bk + v * kVec);
+#pragma GCC unroll 4
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512 one = _mm512_set1_ps(1.0f);
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+    float* cr = C + r * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v + 1 == NV ? tail : __mmask16(0xFFFF);
+      __m512 out;
+      if constexpr (E == Epilogue::Activate) {
+        __m512 z = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + v * kVec), acc[r][v]);
+        z = _mm512_add_ps(z, _mm512_maskz_loadu_ps(m, bias + v * kVec));
+        // max(0, z) returns z when z is NaN: NaN propagates as in torch.relu.
+        out = act == Activation::Tanh ? Sleef_tanhf16_u10avx512f(z) : _mm512_max_ps(zero, z);
+      } else if constexpr (E == Epilogue::ActGrad) {
+        const __m512 y = _mm512_maskz_loadu_ps(m, Y + r * ldy + v * kVec);
+        const __m512 g = act == Activation::Tanh
+                             ? _mm512_fnmadd_ps(y, y, one)
+                             : _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), one);
+        out = _mm512_mul_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + v * kVec), acc[r][v]), g);
+      } else {
+        out = acc[r][v];
+      }
+      _mm512_mask_storeu_ps(cr + v * kVec, m, out);
+    }
+  }
+}
+
+template <int MR, Epilogue E>
+RNNFAST_AVX512 void block_rows(int nv, int64_t K, const float* A, int64_t lda, const float* B,
+                               int64_t ldb, float* C, int64_t ldc, const float* Y, int64_t ldy,
+                               const float* bias, Activation act, __mmask16 tail) {
+  switch (nv) {
+    case 1: return block<MR, 1, E>(K, A, lda, B, ldb, C, ldc, Y, ldy, bias, act, tail);
+    case 2: return block<MR, 2, E>(K, A, lda, B, ldb, C, ldc, Y, ldy, bias, act, tail);
+    case 3: return block<MR, 3, E>(K, A, lda, B, ldb, C, ldc, Y, ldy, bias, act, tail);
+    default: return block<MR, 4, E>(K, A, lda, B, ldb, C, ldc, Y, ldy, bias, act, tail);
+  }
+}
+
+template <Epilogue E>
+RNNFAST_AVX512 void step_impl(const StepArgs& s, int64_t n_begin, int64_t n_end) {
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kMaxVecs * kVec) {
+    const int64_t cols = std::min<int64_t>(kMaxVecs * kVec, n_end - n0);
+    const int nv = static_cast<int>((cols + kVec - 1) / kVec);
+    const int last = static_cast<int>(cols - (nv - 1) * kVec);
+    const __mmask16 tail = static_cast<__mmask16>((1u << last) - 1u);
+    const float* B = s.B + n0;
+    const float* bias = s.bias ? s.bias + n0 : nullptr;
+    for (int64_t m0 = 0; m0 < s.M; m0 += kMaxRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kMaxRows, s.M - m0));
+      const float* A = s.A + m0 * s.lda;
+      float* C = s.C + m0 * s.ldc + n0;
+      const float* Y = s.Y ? s.Y + m0 * s.ldy + n0 : nullptr;
+      switch (mr) {
+        case 1: block_rows<1, E>(nv, s.K, A, s.lda, B, s.ldb, C, s.ldc, Y, s.ldy, bias, s.act, tail); break;
+        case 2: block_rows<2, E>(nv, s.K, A, s.lda, B, s.ldb, C, s.ldc, Y, s.ldy, bias, s.act, tail); break;
+        case 3: block_rows<3, E>(nv, s.K, A, s.lda, B, s.ldb, C, s.ldc, Y, s.ldy, bias, s.act, tail); break;
+        default: block_rows<4, E>(nv, s.K, A, s.lda, B, s.ldb, C, s.ldc, Y, s.ldy, bias, s.act, tail); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void step(const StepArgs& s, int64_t n_begin, int64_t n_end) {
+  if (s.M <= 0 || n_end <= n_begin) return;
+  switch (s.epilogue) {
+    case Epilogue::Activate: return step_impl<Epilogue::Activate>(s, n_begin, n_end);
+    case Epilogue::ActGrad: return step_impl<Epilogue::ActGrad>(s, n_begin, n_end);
+    case Epilogue::Store: return step_impl<Epilogue::Store>(s, n_begin, n_end);
+  }
+}
+
+}  // namespace rnnfast::cpu::avx512
