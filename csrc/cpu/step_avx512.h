@@ -24,6 +24,7 @@ enum class Epilogue {
   Activate,  // C = act(C + A @ B + bias)       (forward: C holds the input projection)
   ActGrad,   // C = (C + A @ B) * act'(Y)       (backward: C holds dY, Y the step's output)
   Store,     // C = A @ B
+  Accumulate,  // C += A @ B
 };
 
 // One step on columns [n_begin, n_end) of C (M x N); A is M x K (row stride lda),
@@ -32,7 +33,8 @@ enum class Epilogue {
 struct StepArgs {
   int64_t M = 0, N = 0, K = 0;
   const float* A = nullptr;
-  int64_t lda = 0;
+  int64_t lda = 0;      // stride between rows of A
+  int64_t a_kstride = 1;  // stride between columns of A (1: row-major; lda: a transposed view)
   const float* B = nullptr;
   int64_t ldb = 0;
   float* C = nullptr;
@@ -45,5 +47,14 @@ struct StepArgs {
 };
 
 void step(const StepArgs& args, int64_t n_begin, int64_t n_end);
+
+// Whole GEMM C (+)= A @ B (M x N), A element (m, k) at A[m * a_rowstride + k * a_kstride]
+// (best with a_kstride == 1: a transposed A costs a cache line per broadcast),
+// B K x N row-major. Cache-blocked and spread over torch's threads by output tile:
+// every element is accumulated in the same k order whatever the thread count, so
+// the result does not depend on it.
+void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_rowstride,
+          int64_t a_kstride, const float* B, int64_t ldb, float* C, int64_t ldc,
+          bool accumulate);
 
 }  // namespace rnnfast::cpu::avx512
