@@ -35,6 +35,7 @@ except (ImportError, OSError) as _err:  # pragma: no cover - exercised by a subp
 from . import _build_info, _ops  # noqa: E402,F401
 from . import functional, reference  # noqa: E402,F401
 from .modules import RNN, RNNCell  # noqa: E402
+from .convert import convert, to_torch  # noqa: E402
 
 if _build_info.torch_version.split(".")[:2] != torch.__version__.split("+")[0].split(".")[:2]:
     warnings.warn(
@@ -45,7 +46,7 @@ if _build_info.torch_version.split(".")[:2] != torch.__version__.split("+")[0].s
     )
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "RNNCell", "functional", "reference", "build_info"]
+__all__ = ["RNN", "RNNCell", "convert", "to_torch", "functional", "reference", "build_info"]
 
 
 def build_info() -> dict:

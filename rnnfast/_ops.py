@@ -7,6 +7,8 @@ wrapper Function) makes every caller of torch.ops.rnnfast.* differentiable.
 
 from __future__ import annotations
 
+from typing import List, Optional, Tuple
+
 import torch
 from torch import Tensor
 
@@ -105,6 +107,92 @@ torch.library.register_autograd(
 # input, hx and weights (recomputing the forward with the differentiable reference),
 # with zero flowing into `output`/`workspace`: the chain rule through rnn_forward
 # then adds nothing twice. Slow, but exact; orders above two are refused.
+#
+# The recomputation lives in its own opaque op, rnnfast::_rnn_double_backward, with a
+# fake kernel: torch.compile / AOT autograd then trace one node instead of the whole
+# unrolled reference loop, which could not be traced at all for packed input (the
+# loop reads the values of batch_sizes).
+
+
+@torch.library.custom_op("rnnfast::_rnn_double_backward", mutates_args=())
+def _rnn_double_backward(
+    gg_input: Optional[Tensor], gg_hx: Optional[Tensor], gg_weights: List[Optional[Tensor]],
+    grad_output: Optional[Tensor], grad_h_n: Optional[Tensor], input: Tensor, hx: Tensor,
+    weights: List[Tensor], batch_sizes: Optional[Tensor], dropout_masks: Optional[Tensor],
+    has_biases: bool, num_layers: int, nonlinearity: str, bidirectional: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
+    """Derivatives of <_rnn_backward(...), (gg_input, gg_hx, gg_weights)> with respect to
+    grad_output, grad_h_n, input, hx and weights (zeros where an argument is None)."""
+    with _autograd_inside_kernel():
+        x = input.detach().requires_grad_()
+        h0 = hx.detach().requires_grad_()
+        ws = [w.detach().requires_grad_() for w in weights]
+        out, h_n = reference.rnn_forward(
+            x, h0, ws, batch_sizes, dropout_masks, has_biases, num_layers, nonlinearity,
+            bidirectional,
+        )
+        go = grad_output if grad_output is not None else torch.zeros_like(out)
+        ghn = grad_h_n if grad_h_n is not None else torch.zeros_like(h_n)
+        go = go.detach().requires_grad_()
+        ghn = ghn.detach().requires_grad_()
+        primals = [x, h0, *ws]
+        first = torch.autograd.grad((out, h_n), primals, (go, ghn), create_graph=True,
+                                    allow_unused=True)
+        pairs = [(f, g) for f, g in zip(first, [gg_input, gg_hx, *gg_weights])
+                 if f is not None and g is not None and f.requires_grad]
+        wrt = [go, ghn, *primals]
+        second = [None] * len(wrt)
+        if pairs:
+            second = list(torch.autograd.grad([f for f, _ in pairs], wrt,
+                                              [g for _, g in pairs], allow_unused=True))
+    # Fresh tensors only: a custom op must not return (a view of) one of its inputs.
+    g_go, g_ghn, g_x, g_h0, *g_w = [
+        torch.zeros_like(t) if s is None else s.detach().clone() for s, t in zip(second, wrt)
+    ]
+    return g_go, g_ghn, g_x, g_h0, g_w
+
+
+def _autograd_inside_kernel():
+    """Re-enables autograd inside a custom op's kernel.
+
+    The kernel runs below the Autograd dispatch keys (they are in the thread-local
+    exclude set), where torch.autograd.grad would see no graph. This re-includes them,
+    as torch's own higher-order ops do, and turns grad mode on.
+    """
+    import contextlib
+
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for key in (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.ADInplaceOrView):
+        exclude = exclude.remove(key)
+    stack = contextlib.ExitStack()
+    stack.enter_context(
+        torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude))
+    stack.enter_context(torch.enable_grad())
+    return stack
+
+
+def _forward_shapes(input, hx, weights, batch_sizes, bidirectional):
+    """Shapes of rnn_forward's output and h_n."""
+    D = 2 if bidirectional else 1
+    H = weights[1].shape[0]
+    if batch_sizes is not None:
+        return (input.shape[0], D * H), tuple(hx.shape)
+    return (input.shape[0], input.shape[1], D * H), tuple(hx.shape)
+
+
+@_rnn_double_backward.register_fake
+def _rnn_double_backward_fake(
+    gg_input, gg_hx, gg_weights, grad_output, grad_h_n, input, hx, weights, batch_sizes,
+    dropout_masks, has_biases, num_layers, nonlinearity, bidirectional,
+):
+    out_shape, _ = _forward_shapes(input, hx, weights, batch_sizes, bidirectional)
+    return (
+        input.new_empty(out_shape),
+        hx.new_empty(hx.shape),
+        input.new_empty(input.shape),
+        hx.new_empty(hx.shape),
+        [w.new_empty(w.shape) for w in weights],
+    )
 
 
 def _rnn_backward_setup(ctx, inputs, output):
@@ -122,29 +210,11 @@ def _rnn_backward_backward(ctx, gg_input, gg_hx, gg_weights):
             "rnnfast: derivatives of order higher than two through rnn_forward are not supported"
         )
     grad_output, grad_h_n, input, hx, batch_sizes, dropout_masks, *weights = ctx.saved_tensors
-    has_biases, num_layers, nonlinearity, bidirectional = ctx.attrs
-    with torch.enable_grad():
-        x = input.detach().requires_grad_()
-        h0 = hx.detach().requires_grad_()
-        ws = [w.detach().requires_grad_() for w in weights]
-        out, h_n = reference.rnn_forward(
-            x, h0, ws, batch_sizes, dropout_masks, has_biases, num_layers, nonlinearity,
-            bidirectional,
-        )
-        go = (grad_output if ctx.has_go else torch.zeros_like(out)).detach().requires_grad_()
-        ghn = (grad_h_n if ctx.has_ghn else torch.zeros_like(h_n)).detach().requires_grad_()
-        primals = [x, h0, *ws]
-        first = torch.autograd.grad((out, h_n), primals, (go, ghn), create_graph=True,
-                                    allow_unused=True)
-        pairs = [(f, g) for f, g in zip(first, [gg_input, gg_hx, *gg_weights])
-                 if f is not None and g is not None and f.requires_grad]
-        wrt = [go, ghn, *primals]
-        if pairs:
-            second = torch.autograd.grad([f for f, _ in pairs], wrt, [g for _, g in pairs],
-                                         allow_unused=True)
-        else:
-            second = [None] * len(wrt)
-    g_go, g_ghn, g_x, g_h0, *g_w = second
+    g_go, g_ghn, g_x, g_h0, g_w = _lib._rnn_double_backward(
+        gg_input, gg_hx, list(gg_weights) if gg_weights is not None else [None] * len(weights),
+        grad_output if ctx.has_go else None, grad_h_n if ctx.has_ghn else None, input, hx,
+        weights, batch_sizes, dropout_masks, *ctx.attrs,
+    )
     return (
         g_go if ctx.has_go else None,
         g_ghn if ctx.has_ghn else None,
@@ -223,3 +293,75 @@ def _cell_backward_backward(ctx, gg_x, gg_hx, gg_wi, gg_wh, gg_b):
 torch.library.register_autograd(
     "rnnfast::_rnn_cell_backward", _cell_backward_backward, setup_context=_cell_backward_setup
 )
+
+
+# ---------------------------------------------------------------------------
+# vmap rules: a loop over the vmapped dimension, one op call per slice.
+# They make torch.vmap, torch.func transforms over the ops and gradcheck's
+# check_batched_grad=True (which vmaps the backward ops over a batch of cotangents)
+# work. Correct, not fast: a batched kernel would avoid the loop.
+# ---------------------------------------------------------------------------
+
+
+def _loop_vmap_rule(op):
+    from torch.utils import _pytree as pytree
+
+    def rule(info, in_dims, *args):
+        def select(arg, dim, i):
+            if isinstance(arg, (list, tuple)):
+                dims = dim if isinstance(dim, (list, tuple)) else [dim] * len(arg)
+                return [select(a, d, i) for a, d in zip(arg, dims)]
+            return arg if dim is None else arg.select(dim, i)
+
+        results = [
+            op(*[select(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)
+        ]
+        flat, spec = zip(*[pytree.tree_flatten(r) for r in results])
+        stacked = [torch.stack(ts, 0) for ts in zip(*flat)]
+        out = pytree.tree_unflatten(stacked, spec[0])
+        return out, pytree.tree_map(lambda _: 0, out)
+
+    return rule
+
+
+def _legacy_batched_kernel(rule):
+    # gradcheck(check_batched_grad=True) still uses the legacy vmap
+    # (torch._vmap_internals, dispatch key "Batched"), whose generic fallback refuses
+    # ops with Tensor[] arguments. This kernel unwraps its BatchedTensors (innermost
+    # level only, which is all gradcheck uses) and runs the loop rule above.
+    import types
+
+    from torch.utils import _pytree as pytree
+
+    def kernel(*args):
+        level = torch._C._vmapmode_increment_nesting() - 1  # the current legacy vmap level
+        torch._C._vmapmode_decrement_nesting()
+        is_batched = torch._C._functorch.is_legacy_batchedtensor
+        batch_size = None
+
+        def unwrap(arg):
+            nonlocal batch_size
+            if isinstance(arg, (list, tuple)):
+                pairs = [unwrap(a) for a in arg]
+                return [p[0] for p in pairs], [p[1] for p in pairs]
+            if not isinstance(arg, Tensor) or not is_batched(arg):
+                return arg, None
+            physical = torch._remove_batch_dim(arg, level, 1, 0)
+            batch_size = physical.shape[0]
+            return physical, 0
+
+        unwrapped, in_dims = zip(*[unwrap(a) for a in args])
+        out, _ = rule(types.SimpleNamespace(batch_size=batch_size), in_dims, *unwrapped)
+        return pytree.tree_map(lambda t: torch._add_batch_dim(t, 0, level), out)
+
+    return kernel
+
+
+_batched_lib = torch.library.Library("rnnfast", "IMPL")  # must stay alive: it owns the kernels
+for _name in ("rnn_forward", "_rnn_backward", "rnn_cell_forward", "_rnn_cell_backward",
+              "_rnn_double_backward"):
+    if not hasattr(_lib, _name):
+        continue
+    _rule = _loop_vmap_rule(getattr(_lib, _name).default)
+    torch.library.register_vmap(f"rnnfast::{_name}", _rule)
+    _batched_lib.impl(_name, _legacy_batched_kernel(_rule), "Batched")

@@ -13,6 +13,30 @@ from torch import Tensor
 __all__ = ["rnn", "rnn_cell"]
 
 
+def _autocast(*tensors):
+    """Under autocast for the first tensor's device, every floating-point tensor but
+    float64 is cast (differentiably) to the autocast dtype, as autocast does for the
+    linear ops inside nn.RNN: the fused kernels then run in that dtype. No-op
+    otherwise. Lists of tensors are cast element-wise; None passes through."""
+    device_type = tensors[0].device.type
+    if not (
+        torch._C._is_any_autocast_enabled()
+        and torch.amp.is_autocast_available(device_type)
+        and torch.is_autocast_enabled(device_type)
+    ):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t):
+        if isinstance(t, (list, tuple)):
+            return [cast(x) for x in t]
+        if t is None or not t.is_floating_point() or t.dtype in (dtype, torch.float64):
+            return t
+        return t.to(dtype)
+
+    return tuple(cast(t) for t in tensors)
+
+
 def _dropout_masks(
     layer_shape: tuple[int, ...], num_layers: int, p: float, like: Tensor
 ) -> Tensor | None:
@@ -56,6 +80,7 @@ def rnn(
         output (L, N, D*H) (batch-first: a transposed view, as nn.RNN), and
         h_n (num_layers * D, N, H).
     """
+    input, hx, weights = _autocast(input, hx, weights)
     if batch_first and batch_sizes is None:
         input = input.transpose(0, 1)
     masks = None
@@ -87,4 +112,5 @@ def rnn_cell(
 
     input (N, H_in), hx (N, H); returns (N, H).
     """
+    input, hx, w_ih, w_hh, b_ih, b_hh = _autocast(input, hx, w_ih, w_hh, b_ih, b_hh)
     return torch.ops.rnnfast.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)

@@ -40,6 +40,10 @@ class RNN(nn.RNNBase):
     forward(input, hx=None) -> (output, h_n)
         input: (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a
         PackedSequence. hx: (D * num_layers, N, H) or (D * num_layers, H); never batch-first.
+
+    Under ``torch.autocast`` (any device) input, hx and the weights are cast to the
+    autocast dtype, as autocast casts nn.RNN's linears, and the kernels run in that
+    dtype with float32 accumulation; float64 tensors are left alone.
     """
 
     def __init__(self, *args, **kwargs):
@@ -131,7 +135,16 @@ class RNN(nn.RNNBase):
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
 
-        self.check_forward_args(input, hx, batch_sizes)
+        if batch_sizes is not None and torch.compiler.is_compiling():
+            # To the compiler batch_sizes[0] is data, not a size: comparing hx's batch
+            # size with it would be a data-dependent guard (a failed fullgraph trace).
+            # The kernel checks that one at run time; everything else is checked here.
+            self.check_input(input, batch_sizes)
+            self.check_hidden_size(
+                hx, (self.num_layers * num_directions, hx.size(1), self.hidden_size)
+            )
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
         if self.mode != "RNN_TANH" and self.mode != "RNN_RELU":
             raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
         self._check_devices_and_dtypes(input, hx)
@@ -161,6 +174,52 @@ class RNN(nn.RNNBase):
         return output, self.permute_hidden(hidden, unsorted_indices)
 
 
+def _check_cell_sizes(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor) -> None:
+    # ATen's rnn_tanh_cell / rnn_relu_cell checks, in its order and words (input and hx
+    # are 2-D here). The hidden size is read from weight_hh, as ATen does.
+    hidden_size = w_hh.size(1)
+    if w_ih.size(0) != hidden_size:
+        raise RuntimeError(
+            f"weight_ih first dim must be 1 * hidden_size = {hidden_size}, but got {w_ih.size(0)}"
+        )
+    if w_hh.size(0) != hidden_size:
+        raise RuntimeError(
+            f"weight_hh first dim must be 1 * hidden_size = {hidden_size}, but got {w_hh.size(0)}"
+        )
+    if input.size(1) != w_ih.size(1):
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {w_ih.size(1)}"
+        )
+    if input.size(0) != hx.size(0):
+        raise RuntimeError(
+            f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
+        )
+    if hx.size(1) != w_hh.size(0):
+        raise RuntimeError(
+            f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {w_hh.size(0)}"
+        )
+
+
+def _check_cell_tensors(input, hx, w_ih, w_hh, b_ih, b_hh) -> None:
+    # nn.RNNCell has no dtype, device or bias-shape check of its own: a mismatch
+    # surfaces from the first of its two linears, linear(hx, w_hh, b_hh) then
+    # linear(input, w_ih, b_ih). Run those (only on a mismatch) to raise torch's error.
+    tensors = [t for t in (input, hx, w_ih, w_hh, b_ih, b_hh) if t is not None]
+    H = w_hh.size(0)
+    if (
+        all(t.dtype == input.dtype and t.device == input.device for t in tensors)
+        and all(b is None or b.shape == (H,) for b in (b_ih, b_hh))
+        and hx.size(-1) == w_hh.size(1)
+    ):
+        return
+    torch.nn.functional.linear(hx, w_hh, b_hh)
+    torch.nn.functional.linear(input, w_ih, b_ih)
+    raise RuntimeError(
+        "rnnfast.RNNCell: input, hx and the parameters must have one dtype and device, got "
+        + ", ".join(f"{t.dtype} on {t.device}" for t in tensors)
+    )
+
+
 class RNNCell(nn.RNNCellBase):
     r"""An Elman RNN cell with tanh or ReLU, computed by rnnfast's fused cell op.
 
@@ -170,6 +229,7 @@ class RNNCell(nn.RNNCellBase):
         RNNCell(input_size, hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None)
 
     forward(input, hx=None) -> h': input (N, H_in) or (H_in,), hx (N, H) or (H,).
+    Errors (types and messages) are nn.RNNCell's; autocast behaves as for :class:`RNN`.
     """
 
     __constants__ = ["input_size", "hidden_size", "bias", "nonlinearity"]
@@ -195,8 +255,20 @@ class RNNCell(nn.RNNCellBase):
             hx = hx.unsqueeze(0) if not is_batched else hx
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        ret = F_rnn.rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                             self.bias_hh, self.nonlinearity)
-        if not is_batched:
+        _check_cell_sizes(input, hx, self.weight_ih, self.weight_hh)
+        # The tensors the kernel sees: under autocast, cast as nn.RNNCell's linears are.
+        input, hx, w_ih, w_hh, b_ih, b_hh = F_rnn._autocast(
+            input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        )
+        _check_cell_tensors(input, hx, w_ih, w_hh, b_ih, b_hh)
+        # torch quirk, kept for drop-in parity: an unbatched input with a 2-D hx (B, H)
+        # (which passed the checks above only if B == H) is broadcast over hx's rows,
+        # and the (B, H) result is returned as is.
+        broadcast = hx.dim() == 3
+        if broadcast:
+            hx = hx[0]
+            input = input.expand(hx.size(0), -1)
+        ret = F_rnn.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+        if not is_batched and not broadcast:
             ret = ret.squeeze(0)
         return ret

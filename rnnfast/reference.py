@@ -115,5 +115,7 @@ def rnn_forward(
             outs.append(y)
             h_n.append(hn)
         x = torch.cat(outs, -1) if D == 2 else outs[0]
-    output = x if batch_sizes is not None else x.reshape(input.shape[0], input.shape[1], -1)
+    H = weights[1].shape[0]
+    # Explicit sizes, not -1: with an empty batch (N=0) -1 would be ambiguous.
+    output = x if batch_sizes is not None else x.reshape(input.shape[0], input.shape[1], D * H)
     return output, torch.stack(h_n, 0)

@@ -1,0 +1,611 @@
+// CUDA kernels of the rnnfast ops: the thin torch glue around the framework-free
+// core in kernels/rnn_cuda.cuh (csrc/cuda/*.cu). Same algorithm and row layout as
+// cpu/rnn_cpu.cpp; see the header comment there.
+//
+// Forward, per layer: one GEMM projects the input of all steps for both directions
+// (X @ [W_ih_fwd; W_ih_rev]^T); then per step and direction one recurrent GEMM
+// (accumulating into the projection) and one fused bias + activation kernel.
+// Backward, per layer: per step and direction one fused kernel (h_n gradient,
+// activation derivative, gather of the previous hidden state) and one GEMM carrying
+// the gradient to the previous step; then dW_ih, dW_hh (GEMMs), the bias gradients
+// (deterministic column sums) per direction and dX (one GEMM for both directions).
+//
+// Bidirectional layers run their two directions concurrently: the reverse direction
+// is enqueued on a second stream from torch's pool, forked from and joined back to
+// the current stream with events (no host synchronization). GEMMs go through ATen's
+// cuBLAS wrapper (torch's handle, the current stream, torch's TF32 and reduced-
+// precision flags); float16/bfloat16 accumulate in float32.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/irange.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+// at::cuda::blas::gemm needs the cuBLAS/cuSPARSE/cuSOLVER headers of the toolkit
+// (through ATen/cuda/CUDAContext.h). Without them, the GEMMs go through at::mm_out /
+// addmm_ on tensors wrapping the same memory (one dispatcher call per GEMM).
+#if !defined(RNNFAST_NO_CUDABLAS) && __has_include(<ATen/cuda/CUDABlas.h>) && \
+    __has_include(<cublas_v2.h>) && __has_include(<cublasLt.h>) &&          \
+    __has_include(<cusparse.h>) && __has_include(<cusolverDn.h>)
+#define RNNFAST_USE_CUDABLAS 1
+#include <ATen/cuda/CUDABlas.h>
+#else
+#define RNNFAST_USE_CUDABLAS 0
+#pragma message("rnnfast: cuBLAS headers not found; the GEMMs go through at::mm_out / addmm_")
+#endif
+
+#include "../kernels/rnn_cuda.cuh"
+#include "../rnn_args.h"
+
+namespace rnnfast::cuda {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Types, streams, GEMM
+// ---------------------------------------------------------------------------
+
+// The CUDA storage type of an ATen scalar type (same size and bits).
+template <typename T>
+struct CudaScalar {
+  using type = T;
+};
+template <>
+struct CudaScalar<at::Half> {
+  using type = __half;
+};
+template <>
+struct CudaScalar<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <typename T>
+using cu_t = typename CudaScalar<T>::type;
+static_assert(sizeof(__half) == sizeof(at::Half) && sizeof(__nv_bfloat16) == sizeof(at::BFloat16));
+
+template <typename T>
+cu_t<T>* cu(T* p) {
+  return reinterpret_cast<cu_t<T>*>(p);
+}
+template <typename T>
+const cu_t<T>* cu(const T* p) {
+  return reinterpret_cast<const cu_t<T>*>(p);
+}
+
+// A cudaEvent_t for ordering two streams (fork / join); never used for timing.
+class Event {
+ public:
+  Event() { C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  ~Event() { C10_CUDA_CHECK_WARN(cudaEventDestroy(event_)); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  // `waiter` runs its later work only after what `producer` has enqueued so far.
+  void order(cudaStream_t producer, cudaStream_t waiter) {
+    C10_CUDA_CHECK(cudaEventRecord(event_, producer));
+    C10_CUDA_CHECK(cudaStreamWaitEvent(waiter, event_, 0));
+  }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+// The second stream of bidirectional layers: one stream from torch's pool per
+// thread and device, kept for the thread's lifetime (a fresh pool stream per call
+// would give cuBLAS a new workspace per stream, up to the pool's size).
+c10::cuda::CUDAStream side_stream(c10::DeviceIndex device) {
+  thread_local std::vector<std::optional<c10::cuda::CUDAStream>> streams;
+  if (static_cast<size_t>(device) >= streams.size()) streams.resize(device + 1);
+  if (!streams[device]) streams[device].emplace(c10::cuda::getStreamFromPool(false, device));
+  return *streams[device];
+}
+
+// The streams of a call: direction 0 on torch's current stream, direction 1 (when
+// bidirectional) on side_stream(), forked from the current stream and joined back
+// to it. Making the side stream current around direction 1's work makes ATen's
+// cuBLAS calls run there too.
+class DirectionStreams {
+ public:
+  DirectionStreams(int64_t D, c10::DeviceIndex device)
+      : main_(c10::cuda::getCurrentCUDAStream(device)) {
+    if (D == 2) {
+      side_.emplace(side_stream(device));
+      fork_.emplace();
+      join_.emplace();
+    }
+  }
+  cudaStream_t stream(int64_t d) const { return d == 0 ? main_.stream() : side_->stream(); }
+  // Runs f() with direction d's stream current.
+  template <typename F>
+  void run(int64_t d, F&& f) const {
+    if (d == 0) {
+      f();
+    } else {
+      c10::cuda::CUDAStreamGuard guard(*side_);
+      f();
+    }
+  }
+  // Direction 1 starts after everything enqueued so far on the current stream.
+  void fork() {
+    if (side_) fork_->order(main_.stream(), side_->stream());
+  }
+  // The current stream continues after everything enqueued so far on direction 1.
+  void join() {
+    if (side_) join_->order(side_->stream(), main_.stream());
+  }
+
+ private:
+  c10::cuda::CUDAStream main_;
+  std::optional<c10::cuda::CUDAStream> side_;
+  std::optional<Event> fork_, join_;
+};
+
+// Row-major C[M,N] = op(A)[M,K] @ op(B)[K,N] (+ C when accumulate) on the current
+// stream; A, B, C have row strides lda, ldb, ldc (C may be a column block).
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+          const T* B, int64_t ldb, bool accumulate, T* C, int64_t ldc, c10::Device device) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: C is zero (or unchanged)
+    if (!accumulate) {
+      C10_CUDA_CHECK(cudaMemset2DAsync(C, ldc * sizeof(T), 0, N * sizeof(T), M,
+                                       c10::cuda::getCurrentCUDAStream(device.index())));
+    }
+    return;
+  }
+#if RNNFAST_USE_CUDABLAS
+  using opmath_t = at::opmath_type<T>;
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+  at::cuda::blas::gemm<T>(trans_b ? 't' : 'n', trans_a ? 't' : 'n', N, M, K, opmath_t(1), B, ldb,
+                          A, lda, accumulate ? opmath_t(1) : opmath_t(0), C, ldc);
+#else
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value).device(device);
+  auto wrap = [&](const T* p, bool trans, int64_t rows, int64_t cols, int64_t ld) {
+    at::Tensor t = trans ? at::from_blob(const_cast<T*>(p), {cols, rows}, {ld, 1}, opts)
+                         : at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, opts);
+    return trans ? t.t() : t;
+  };
+  at::Tensor a = wrap(A, trans_a, M, K, lda), b = wrap(B, trans_b, K, N, ldb);
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (accumulate) {
+    c.addmm_(a, b);
+  } else {
+    at::mm_out(c, a, b);
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// Shared pieces
+// ---------------------------------------------------------------------------
+
+std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
+  std::vector<at::Tensor> out;
+  out.reserve(weights.size());
+  for (const auto& w : weights) out.push_back(w.contiguous());
+  return out;
+}
+
+// The input of `layer`: x for layer 0, else the layer below's output times its dropout mask.
+at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& workspace,
+                       const std::optional<at::Tensor>& masks) {
+  if (layer == 0) return x2d;
+  at::Tensor below = workspace[layer - 1];
+  if (masks.has_value() && masks->defined()) return below * (*masks)[layer - 1];
+  return below;
+}
+
+// W_ih of both directions stacked, (D*H, I_l): one GEMM serves both directions.
+at::Tensor stacked_w_ih(const RnnSizes& s, const std::vector<at::Tensor>& w, int64_t layer) {
+  const int64_t per = s.weights_per_layer();
+  if (s.D == 1) return w[layer * per];
+  return at::cat({w[(layer * 2) * per], w[(layer * 2 + 1) * per]}, 0);
+}
+
+template <typename T>
+const T* bias_ptr(const RnnSizes& s, const std::vector<at::Tensor>& w, int64_t ld, int64_t k) {
+  return s.has_biases ? w[ld * s.weights_per_layer() + k].const_data_ptr<T>() : nullptr;
+}
+
+// ---------------------------------------------------------------------------
+// rnn_forward
+// ---------------------------------------------------------------------------
+
+template <typename T>
+void forward_step(const RnnSizes& s, int64_t layer, int64_t d, int64_t t,
+                  const std::vector<at::Tensor>& w, const T* hx, T* Y, T* h_n,
+                  c10::Device device, cudaStream_t stream) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  const int64_t ld = layer * s.D + d;
+  const T* w_hh = w[ld * s.weights_per_layer() + 1].const_data_ptr<T>();
+  const T* hx_d = hx + ld * s.N * H;
+  T* Yd = Y + d * H;
+  T* Yt = Yd + off[t] * DH;
+  const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+
+  BiasActParams<cu_t<T>> p;
+  p.act = s.act;
+  p.rows = bs[t];
+  p.H = H;
+  p.b_ih = cu(bias_ptr<T>(s, w, ld, 2));
+  p.b_hh = cu(bias_ptr<T>(s, w, ld, 3));
+  p.y = cu(Yt);
+  p.ldy = DH;
+  p.ldhn = H;
+  if (d == 0) {
+    const T* h_prev = t == 0 ? hx_d : Yd + off[t - 1] * DH;
+    gemm<T>(false, true, bs[t], H, H, h_prev, t == 0 ? H : DH, w_hh, H, true, Yt, DH, device);
+    // Rows whose sequence ends at this step hold their final state.
+    p.h_n = cu(h_n + ld * s.N * H);
+    p.hn_start = live_next;
+  } else {
+    // Rows alive at t+1 continue from there; rows that start at t start from hx.
+    if (live_next > 0)
+      gemm<T>(false, true, live_next, H, H, Yd + off[t + 1] * DH, DH, w_hh, H, true, Yt, DH,
+              device);
+    gemm<T>(false, true, bs[t] - live_next, H, H, hx_d + live_next * H, H, w_hh, H, true,
+            Yt + live_next * DH, DH, device);
+    p.h_n = t == 0 ? cu(h_n + ld * s.N * H) : nullptr;
+    p.hn_start = 0;
+  }
+  C10_CUDA_CHECK(bias_act_forward(p, stream));
+}
+
+template <typename T>
+void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx,
+                  const std::vector<at::Tensor>& w, const std::optional<at::Tensor>& masks,
+                  const at::Tensor& out2d, const at::Tensor& h_n, const at::Tensor& workspace) {
+  const c10::Device device = x2d.device();
+  DirectionStreams streams(s.D, device.index());
+  for (const auto layer : c10::irange(s.NL)) {
+    const at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    const at::Tensor W = stacked_w_ih(s, w, layer);
+    T* y = Y.mutable_data_ptr<T>();
+    gemm<T>(false, true, s.rows, s.D * s.H, I_l, X.const_data_ptr<T>(), I_l, W.const_data_ptr<T>(),
+            I_l, false, y, s.D * s.H, device);
+    streams.fork();
+    // Interleave the directions step by step so that both streams have work queued.
+    for (const auto i : c10::irange(s.T)) {
+      for (const auto d : c10::irange(s.D)) {
+        const int64_t t = d == 0 ? i : s.T - 1 - i;
+        streams.run(d, [&] {
+          forward_step<T>(s, layer, d, t, w, hx.const_data_ptr<T>(), y,
+                          h_n.mutable_data_ptr<T>(), device, streams.stream(d));
+        });
+      }
+    }
+    streams.join();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// _rnn_backward
+// ---------------------------------------------------------------------------
+
+template <typename T>
+void backward_step(const RnnSizes& s, int64_t layer, int64_t d, int64_t t,
+                   const std::vector<at::Tensor>& w, const T* hx, const T* Y, T* dZ,
+                   const T* grad_h_n, T* grad_hx, T* H_prev, c10::Device device,
+                   cudaStream_t stream) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  const int64_t ld = layer * s.D + d;
+  const T* w_hh = w[ld * s.weights_per_layer() + 1].const_data_ptr<T>();
+  const T* hx_d = hx + ld * s.N * H;
+  const T* dhn_d = grad_h_n ? grad_h_n + ld * s.N * H : nullptr;
+  T* dhx_d = grad_hx + ld * s.N * H;
+  const T* Yd = Y + d * H;
+  T* dZd = dZ + d * H;
+  T* dZt = dZd + off[t] * DH;
+  const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+
+  ActGradParams<cu_t<T>> p;
+  p.act = s.act;
+  p.rows = bs[t];
+  p.H = H;
+  p.grad = cu(dZt);
+  p.ld_grad = DH;
+  p.dz = cu(dZt);
+  p.ld_dz = DH;
+  p.h = cu(Yd + off[t] * DH);
+  p.ld_h = DH;
+  p.ld_grad_h_n = H;
+  p.h_prev = cu(H_prev + off[t] * H);
+  p.ld_h_prev = H;
+  p.prev_b = cu(hx_d);
+  p.ld_prev_b = H;
+  if (d == 0) {
+    // dL/dh_n enters at the step where each sequence ends.
+    p.grad_h_n = cu(dhn_d);
+    p.ghn_start = live_next;
+    p.prev_a = cu(t == 0 ? hx_d : Yd + off[t - 1] * DH);
+    p.ld_prev_a = t == 0 ? H : DH;
+    p.prev_split = bs[t];
+    C10_CUDA_CHECK(act_grad_backward(p, stream));
+    if (t > 0) {
+      gemm<T>(false, false, bs[t], H, H, dZt, DH, w_hh, H, true, dZd + off[t - 1] * DH, DH,
+              device);
+    } else {
+      gemm<T>(false, false, bs[0], H, H, dZt, DH, w_hh, H, false, dhx_d, H, device);
+    }
+  } else {
+    p.grad_h_n = t == 0 ? cu(dhn_d) : nullptr;
+    p.ghn_start = 0;
+    p.prev_a = live_next > 0 ? cu(Yd + off[t + 1] * DH) : nullptr;
+    p.ld_prev_a = DH;
+    p.prev_split = live_next;
+    C10_CUDA_CHECK(act_grad_backward(p, stream));
+    if (live_next > 0)
+      gemm<T>(false, false, live_next, H, H, dZt, DH, w_hh, H, true, dZd + off[t + 1] * DH, DH,
+              device);
+    gemm<T>(false, false, bs[t] - live_next, H, H, dZt + live_next * DH, DH, w_hh, H, false,
+            dhx_d + live_next * H, H, device);
+  }
+}
+
+template <typename T>
+void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx,
+                   const std::vector<at::Tensor>& w, const std::optional<at::Tensor>& masks,
+                   const at::Tensor& out2d, const at::Tensor& workspace, at::Tensor dZ,
+                   const at::Tensor& grad_h_n, const at::Tensor& grad_x2d,
+                   const at::Tensor& grad_hx, const std::vector<at::Tensor>& grad_weights) {
+  using acc_t = acc_type<cu_t<T>>;
+  const c10::Device device = x2d.device();
+  const int64_t H = s.H, DH = s.D * s.H;
+  DirectionStreams streams(s.D, device.index());
+  // Per direction: the hidden state each row started from, and the column-sum scratch.
+  const at::Tensor H_prev = at::empty({s.D, s.rows, H}, x2d.options());
+  const int64_t ws_elems = column_sum_workspace_elems(s.rows, H);
+  const at::Tensor sum_ws =
+      at::empty({s.D, ws_elems},
+                x2d.options().dtype(std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat));
+  const T* ghn = grad_h_n.defined() ? grad_h_n.const_data_ptr<T>() : nullptr;
+
+  for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
+    const at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    const at::Tensor dX = layer == 0 ? grad_x2d : at::empty({s.rows, I_l}, x2d.options());
+    T* dz = dZ.mutable_data_ptr<T>();
+
+    streams.fork();
+    for (const auto i : c10::irange(s.T)) {
+      for (const auto d : c10::irange(s.D)) {
+        const int64_t t = d == 0 ? s.T - 1 - i : i;
+        streams.run(d, [&] {
+          backward_step<T>(s, layer, d, t, w, hx.const_data_ptr<T>(), Y.const_data_ptr<T>(), dz,
+                           ghn, grad_hx.mutable_data_ptr<T>(),
+                           H_prev.mutable_data_ptr<T>() + d * s.rows * H, device,
+                           streams.stream(d));
+        });
+      }
+    }
+    // Weight and bias gradients of each direction, on its own stream: single GEMMs
+    // and a column sum over all rows (K = rows).
+    for (const auto d : c10::irange(s.D)) {
+      streams.run(d, [&] {
+        const int64_t base = (layer * s.D + d) * s.weights_per_layer();
+        const T* dZd = dz + d * H;
+        gemm<T>(true, false, H, I_l, s.rows, dZd, DH, X.const_data_ptr<T>(), I_l, false,
+                grad_weights[base].mutable_data_ptr<T>(), I_l, device);
+        gemm<T>(true, false, H, H, s.rows, dZd, DH, H_prev.const_data_ptr<T>() + d * s.rows * H,
+                H, false, grad_weights[base + 1].mutable_data_ptr<T>(), H, device);
+        if (s.has_biases) {
+          C10_CUDA_CHECK(column_sum(cu(dZd), s.rows, H, DH,
+                                    cu(grad_weights[base + 2].mutable_data_ptr<T>()),
+                                    cu(grad_weights[base + 3].mutable_data_ptr<T>()),
+                                    sum_ws.mutable_data_ptr<acc_t>() + d * ws_elems,
+                                    streams.stream(d)));
+        }
+      });
+    }
+    streams.join();
+
+    const at::Tensor W = stacked_w_ih(s, w, layer);
+    gemm<T>(false, false, s.rows, I_l, DH, dz, DH, W.const_data_ptr<T>(), I_l, false,
+            dX.mutable_data_ptr<T>(), I_l, device);
+    if (layer > 0) {
+      // The layer below's output gradient; dropout's backward is the same mask.
+      if (masks.has_value() && masks->defined()) dX.mul_((*masks)[layer - 1]);
+      dZ = dX;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Op entry points
+// ---------------------------------------------------------------------------
+
+#define RNNFAST_DISPATCH_CUDA_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional) {
+  const char* op = "rnnfast.rnn_forward";
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
+                                    has_biases, num_layers, nonlinearity, bidirectional);
+  TORCH_INTERNAL_ASSERT(input.is_cuda());
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor output = at::empty(output_shape(s), input.options());
+  at::Tensor h_n = at::empty({s.NL * s.D, s.N, s.H}, input.options());
+  at::Tensor workspace = at::empty(workspace_shape(s), input.options());
+  if (s.rows == 0 || s.H == 0) {  // empty batch: nothing to compute, h_n is empty too
+    h_n.zero_();
+    output.zero_();
+    return {output, h_n, workspace};
+  }
+  const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
+  const at::Tensor hx_c = hx.contiguous();
+  const auto w = contiguous_all(weights);
+  RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_forward_cuda", [&] {
+    forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, output.view({s.rows, s.D * s.H}), h_n,
+                           workspace);
+  });
+  return {output, h_n, workspace};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cuda(
+    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
+    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
+    c10::string_view nonlinearity, bool bidirectional) {
+  const char* op = "rnnfast._rnn_backward";
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
+                                    has_biases, num_layers, nonlinearity, bidirectional);
+  check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
+  TORCH_INTERNAL_ASSERT(input.is_cuda());
+  const c10::cuda::CUDAGuard guard(input.device());
+
+  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_hx = at::empty(hx.sizes(), hx.options());
+  std::vector<at::Tensor> grad_weights;
+  for (const auto& w : weights) grad_weights.push_back(at::empty(w.sizes(), w.options()));
+  if (s.rows == 0 || s.H == 0) {
+    grad_input.zero_();
+    grad_hx.zero_();
+    for (auto& g : grad_weights) g.zero_();
+    return {grad_input, grad_hx, grad_weights};
+  }
+  // dZ starts as the output gradient and is overwritten in place: always a fresh buffer.
+  const bool has_go = grad_output.has_value() && grad_output->defined();
+  at::Tensor dZ = has_go ? grad_output->reshape({s.rows, s.D * s.H})
+                               .clone(at::MemoryFormat::Contiguous)
+                         : at::zeros({s.rows, s.D * s.H}, input.options());
+  const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
+  const at::Tensor ghn = has_ghn ? grad_h_n->contiguous() : at::Tensor();
+  const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
+  const auto w = contiguous_all(weights);
+  RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_backward_cuda", [&] {
+    backward_impl<scalar_t>(s, x2d, hx.contiguous(), w, dropout_masks,
+                            output.contiguous().view({s.rows, s.D * s.H}),
+                            workspace.contiguous(), dZ, ghn, grad_input.view({s.rows, s.I}),
+                            grad_hx, grad_weights);
+  });
+  return {grad_input, grad_hx, grad_weights};
+}
+
+at::Tensor rnn_cell_forward_cuda(const at::Tensor& input, const at::Tensor& hx,
+                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                 const std::optional<at::Tensor>& b_ih,
+                                 const std::optional<at::Tensor>& b_hh,
+                                 c10::string_view nonlinearity) {
+  const char* op = "rnnfast.rnn_cell_forward";
+  const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
+  TORCH_INTERNAL_ASSERT(input.is_cuda());
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor h = at::empty({s.N, s.H}, input.options());
+  if (s.N == 0 || s.H == 0) return h;
+  const at::Tensor x = input.contiguous(), h0 = hx.contiguous();
+  const at::Tensor wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  const at::Tensor bi = s.has_bias ? b_ih->contiguous() : at::Tensor();
+  const at::Tensor bh = s.has_bias ? b_hh->contiguous() : at::Tensor();
+  const c10::Device device = input.device();
+  RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_cell_forward_cuda", [&] {
+    using T = scalar_t;
+    T* out = h.mutable_data_ptr<T>();
+    gemm<T>(false, true, s.N, s.H, s.I, x.const_data_ptr<T>(), s.I, wi.const_data_ptr<T>(), s.I,
+            false, out, s.H, device);
+    gemm<T>(false, true, s.N, s.H, s.H, h0.const_data_ptr<T>(), s.H, wh.const_data_ptr<T>(), s.H,
+            true, out, s.H, device);
+    BiasActParams<cu_t<T>> p;
+    p.act = s.act;
+    p.rows = s.N;
+    p.H = s.H;
+    p.b_ih = s.has_bias ? cu(bi.const_data_ptr<T>()) : nullptr;
+    p.b_hh = s.has_bias ? cu(bh.const_data_ptr<T>()) : nullptr;
+    p.y = cu(out);
+    p.ldy = s.H;
+    C10_CUDA_CHECK(bias_act_forward(p, c10::cuda::getCurrentCUDAStream().stream()));
+  });
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_backward_cuda(
+    const at::Tensor& grad_h, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h, bool has_bias,
+    c10::string_view nonlinearity) {
+  const char* op = "rnnfast._rnn_cell_backward";
+  const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt,
+                                      nonlinearity);
+  TORCH_CHECK(grad_h.sizes().equals({s.N, s.H}) && grad_h.scalar_type() == input.scalar_type() &&
+                  grad_h.device() == input.device(),
+              op, ": grad_h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ",
+              s.H, "] on ", input.device(), ", got ", grad_h.scalar_type(), " ", grad_h.sizes(),
+              " on ", grad_h.device());
+  TORCH_CHECK(h.sizes().equals({s.N, s.H}) && h.scalar_type() == input.scalar_type() &&
+                  h.device() == input.device(),
+              op, ": h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ", s.H,
+              "] on ", input.device(), ", got ", h.scalar_type(), " ", h.sizes(), " on ",
+              h.device());
+  TORCH_INTERNAL_ASSERT(input.is_cuda());
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor dz = at::empty({s.N, s.H}, input.options());
+  at::Tensor gx = at::empty({s.N, s.I}, input.options());
+  at::Tensor ghx = at::empty({s.N, s.H}, input.options());
+  at::Tensor gwi = at::empty({s.H, s.I}, input.options());
+  at::Tensor gwh = at::empty({s.H, s.H}, input.options());
+  at::Tensor gb = at::empty({has_bias ? s.H : 0}, input.options());
+  const at::Tensor g = grad_h.contiguous(), x = input.contiguous(), h0 = hx.contiguous();
+  const at::Tensor hc = h.contiguous(), wi = w_ih.contiguous(), wh = w_hh.contiguous();
+  const c10::Device device = input.device();
+  RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_cell_backward_cuda", [&] {
+    using T = scalar_t;
+    using acc_t = acc_type<cu_t<T>>;
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    T* dzp = dz.mutable_data_ptr<T>();
+    ActGradParams<cu_t<T>> p;
+    p.act = s.act;
+    p.rows = s.N;
+    p.H = s.H;
+    p.grad = cu(g.const_data_ptr<T>());
+    p.ld_grad = s.H;
+    p.dz = cu(dzp);
+    p.ld_dz = s.H;
+    p.h = cu(hc.const_data_ptr<T>());
+    p.ld_h = s.H;
+    C10_CUDA_CHECK(act_grad_backward(p, stream));
+    gemm<T>(false, false, s.N, s.I, s.H, dzp, s.H, wi.const_data_ptr<T>(), s.I, false,
+            gx.mutable_data_ptr<T>(), s.I, device);
+    gemm<T>(false, false, s.N, s.H, s.H, dzp, s.H, wh.const_data_ptr<T>(), s.H, false,
+            ghx.mutable_data_ptr<T>(), s.H, device);
+    gemm<T>(true, false, s.H, s.I, s.N, dzp, s.H, x.const_data_ptr<T>(), s.I, false,
+            gwi.mutable_data_ptr<T>(), s.I, device);
+    gemm<T>(true, false, s.H, s.H, s.N, dzp, s.H, h0.const_data_ptr<T>(), s.H, false,
+            gwh.mutable_data_ptr<T>(), s.H, device);
+    if (has_bias && s.H > 0) {
+      at::Tensor ws = at::empty({column_sum_workspace_elems(s.N, s.H)},
+                                input.options().dtype(std::is_same_v<acc_t, double>
+                                                          ? at::kDouble
+                                                          : at::kFloat));
+      C10_CUDA_CHECK(column_sum(cu(static_cast<const T*>(dzp)), s.N, s.H, s.H,
+                                cu(gb.mutable_data_ptr<T>()), static_cast<cu_t<T>*>(nullptr),
+                                ws.mutable_data_ptr<acc_t>(), stream));
+    }
+  });
+  return {gx, ghx, gwi, gwh, gb};
+}
+
+#undef RNNFAST_DISPATCH_CUDA_TYPES
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnfast, CUDA, m) {
+  m.impl("rnn_forward", &rnn_forward_cuda);
+  m.impl("_rnn_backward", &rnn_backward_cuda);
+  m.impl("rnn_cell_forward", &rnn_cell_forward_cuda);
+  m.impl("_rnn_cell_backward", &rnn_cell_backward_cuda);
+}
+
+}  // namespace rnnfast::cuda

@@ -1,0 +1,277 @@
+"""Runs a configuration set: guard, time (interleaved), measure memory, summarise."""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .checks import CheckResult, check_workload, probe_dtype
+from .configs import Config
+from .machine import device_name, machine_info
+from .progress import make_progress
+from .timing import Samples, interleaved
+from .workloads import DTYPES, MODE_NAMES, Workload
+
+__all__ = ["Settings", "run_benchmarks", "geomean", "SCHEMA"]
+
+SCHEMA = "rnnfast-bench/1"
+GFLOPS_TARGET = 0.70  # the CPU-performance issue: rnnfast >= 70% of torch.mm's GFLOP/s
+
+# Row statuses. Only "ok" rows carry timings; FAILED / ERROR make the CLI exit non-zero.
+OK, FAILED, ERROR, UNSUPPORTED = "ok", "FAILED", "ERROR", "UNSUPPORTED"
+
+
+@dataclass
+class Settings:
+    warmup: int = 1
+    min_repeats: int = 5
+    max_repeats: int = 50
+    budget_s: float = 2.0  # per (config, dtype, mode), after warm-up
+    min_block_s: float = 2e-3
+    gflops: bool = True  # measure GFLOP/s of the largest config against torch.mm
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def geomean(xs: list[float]) -> float:
+    xs = [x for x in xs if x and x > 0 and math.isfinite(x)]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _base_row(cfg: Config, dtype: str, device: torch.device, mode: str) -> dict:
+    return {
+        "config": cfg.as_dict(),
+        "label": cfg.label,
+        "dtype": dtype,
+        "device": device.type,
+        "mode": mode,
+        "status": OK,
+        "message": "",
+        "flops": cfg.flops() * (3 if mode == "fwdbwd" else 1),
+    }
+
+
+def _fill_timing(row: dict, cfg: Config, s: Samples) -> None:
+    t_torch, t_fast = s.median_s("torch"), s.median_s("rnnfast")
+    row.update(
+        torch_ms=t_torch * 1e3,
+        rnnfast_ms=t_fast * 1e3,
+        speedup=t_torch / t_fast,
+        speedup_paired_median=s.paired_ratio("torch", "rnnfast"),
+        speedup_of_minima=min(s.times["torch"]) / min(s.times["rnnfast"]),
+        torch_tokens_per_s=cfg.tokens / t_torch,
+        rnnfast_tokens_per_s=cfg.tokens / t_fast,
+        torch_us_per_step=t_torch / cfg.T * 1e6,
+        rnnfast_us_per_step=t_fast / cfg.T * 1e6,
+        torch_gflops=row["flops"] / t_torch / 1e9,
+        rnnfast_gflops=row["flops"] / t_fast / 1e9,
+        noise=max(s.spread("torch"), s.spread("rnnfast")),
+        repeats=len(s.times["torch"]),
+        inner=s.inner,
+        torch_ms_samples=[t * 1e3 for t in s.times["torch"]],
+        rnnfast_ms_samples=[t * 1e3 for t in s.times["rnnfast"]],
+    )
+
+
+def _fwd_part_ok(check: CheckResult) -> bool:
+    return check.error is None and not any(
+        f.startswith(("output", "h_n")) for f in check.failures
+    )
+
+
+def _gflops_section(
+    cfg: Config, dtype_name: str, device: torch.device, modes: list[str], st: Settings,
+    rows: list[dict], log: Callable[[str], None],
+) -> dict:
+    """GFLOP/s of rnnfast on cfg next to torch.mm, interleaved in the same repeats.
+
+    Two mm references: one GEMM with the forward's FLOP count, (T*B, K) @ (K, H) with
+    K = I+H for one layer (the best case for the whole FLOP volume), and the recurrent
+    step's GEMM (B, H) @ (H, H), which the time loop must run T times in sequence.
+    """
+    dtype = DTYPES[dtype_name]
+    wl = Workload(cfg, dtype, device, seed=st.seed)
+    M, N = cfg.T * cfg.B, cfg.H
+    K = max(1, round(cfg.flops() / (2 * M * N)))
+    g = torch.Generator(device=device).manual_seed(1)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, device=device).to(dtype)
+
+    a, b, hs, w = randn(M, K), randn(K, N), randn(cfg.B, cfg.H), randn(cfg.H, cfg.H)
+    fns = {"rnnfast_fwd": wl.fn("rnnfast", "fwd")}
+    if "fwdbwd" in modes:
+        fns["rnnfast_fwdbwd"] = wl.fn("rnnfast", "fwdbwd")
+    fns["mm_same_flops"] = lambda: torch.mm(a, b)
+    fns["mm_recurrent_step"] = lambda: torch.mm(hs, w)
+    s = interleaved(fns, device, warmup=st.warmup, min_repeats=st.min_repeats,
+                    max_repeats=st.max_repeats, budget_s=st.budget_s, min_block_s=st.min_block_s)
+    fl = cfg.flops()
+    gf = {
+        "rnnfast_fwd": fl / s.median_s("rnnfast_fwd") / 1e9,
+        "mm_same_flops": 2 * M * K * N / s.median_s("mm_same_flops") / 1e9,
+        "mm_recurrent_step": 2 * cfg.B * cfg.H * cfg.H / s.median_s("mm_recurrent_step") / 1e9,
+    }
+    if "fwdbwd" in modes:
+        gf["rnnfast_fwdbwd"] = 3 * fl / s.median_s("rnnfast_fwdbwd") / 1e9
+    out = {
+        "config": cfg.as_dict(),
+        "label": cfg.label,
+        "dtype": dtype_name,
+        "forward_gflop": fl / 1e9,
+        "mm_same_flops_shape": [M, K, N],
+        "mm_recurrent_step_shape": [cfg.B, cfg.H, cfg.H],
+        "gflops": gf,
+        "fwd_fraction_of_mm": gf["rnnfast_fwd"] / gf["mm_same_flops"],
+        "target_fraction": GFLOPS_TARGET,
+        "repeats": len(s.times["mm_same_flops"]),
+    }
+    if "fwdbwd" in modes:
+        out["fwdbwd_fraction_of_mm"] = gf["rnnfast_fwdbwd"] / gf["mm_same_flops"]
+    # torch.nn.RNN's GFLOP/s on the same config, from the main sweep
+    for r in rows:
+        if r["status"] == OK and r["label"] == cfg.label and r["dtype"] == dtype_name:
+            gf[f"torch_{r['mode']}_sweep"] = r["torch_gflops"]
+    fracs = [out["fwd_fraction_of_mm"]] + ([out["fwdbwd_fraction_of_mm"]] if "fwdbwd" in modes else [])
+    out["meets_target"] = all(f >= GFLOPS_TARGET for f in fracs)
+    del wl
+    return out
+
+
+def run_benchmarks(
+    configs: list[Config],
+    *,
+    device: str | torch.device = "cpu",
+    dtypes: list[str] = ("float32",),
+    modes: list[str] = ("fwd", "fwdbwd"),
+    settings: Settings | None = None,
+    set_name: str = "custom",
+    progress: str = "auto",
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Benchmark every (config, dtype, mode); returns the JSON-ready result document."""
+    st = settings or Settings()
+    device = torch.device(device)
+    modes = [m for m in ("fwd", "fwdbwd") if m in modes]
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    unsupported: dict[str, str] = {}
+    with make_progress(len(configs) * len(dtypes) * len(modes), progress) as bar:
+        say = log or bar.log
+        for dtype_name in dtypes:
+            dtype = DTYPES[dtype_name]
+            msgs = []
+            for impl in ("torch", "rnnfast"):
+                err = probe_dtype(impl, dtype, device)
+                if err:
+                    msgs.append(f"{impl} does not run {dtype_name} on {device.type}: {err}")
+            if msgs:
+                unsupported[dtype_name] = "; ".join(msgs)
+                say(f"UNSUPPORTED {dtype_name}: {unsupported[dtype_name]}")
+            for cfg in configs:
+                new_rows = [_base_row(cfg, dtype_name, device, m) for m in modes]
+                rows.extend(new_rows)
+                if dtype_name in unsupported:
+                    for r in new_rows:
+                        r.update(status=UNSUPPORTED, message=unsupported[dtype_name])
+                        bar.advance()
+                    continue
+                bar.describe(f"{cfg.label} {dtype_name}: checking")
+                try:
+                    wl = Workload(cfg, dtype, device, seed=st.seed)
+                    check = check_workload(wl, with_grads="fwdbwd" in modes)
+                except Exception as e:  # noqa: BLE001 - one bad config must not hide the rest
+                    for r in new_rows:
+                        r.update(status=ERROR, message=f"{type(e).__name__}: {e}".splitlines()[0])
+                        bar.advance()
+                    say(f"ERROR {cfg.label} {dtype_name}: {new_rows[0]['message']}")
+                    _release(device)
+                    continue
+                for r in new_rows:
+                    r["check"] = check.as_dict()
+                    if check.error:
+                        r.update(status=ERROR, message=check.summary())
+                    elif not check.ok and (r["mode"] == "fwdbwd" or not _fwd_part_ok(check)):
+                        r.update(status=FAILED, message=check.summary())
+                if check.error or not check.ok:
+                    say(f"{new_rows[-1]['status']} {cfg.label} {dtype_name}: {check.summary()}")
+                for r in new_rows:
+                    mode = r["mode"]
+                    if r["status"] != OK:
+                        bar.advance()
+                        continue
+                    bar.describe(f"{cfg.label} {dtype_name} {MODE_NAMES[mode]}")
+                    try:
+                        s = interleaved(
+                            {"torch": wl.fn("torch", mode), "rnnfast": wl.fn("rnnfast", mode)},
+                            device, warmup=st.warmup, min_repeats=st.min_repeats,
+                            max_repeats=st.max_repeats, budget_s=st.budget_s,
+                            min_block_s=st.min_block_s,
+                        )
+                        _fill_timing(r, cfg, s)
+                        if mode == "fwdbwd":
+                            r["torch_saved_bytes"] = wl.saved_bytes("torch")
+                            r["rnnfast_saved_bytes"] = wl.saved_bytes("rnnfast")
+                            if device.type == "cuda":
+                                r["torch_cuda_peak_bytes"] = wl.cuda_peak_bytes("torch")
+                                r["rnnfast_cuda_peak_bytes"] = wl.cuda_peak_bytes("rnnfast")
+                    except Exception as e:  # noqa: BLE001
+                        r.update(status=ERROR, message=f"{type(e).__name__}: {e}".splitlines()[0])
+                        say(f"ERROR {cfg.label} {dtype_name} {MODE_NAMES[mode]}: {r['message']}")
+                    bar.advance()
+                del wl
+                _release(device)
+
+        gflops = []
+        if st.gflops:
+            for dtype_name in dtypes:
+                ok_cfgs = {Config(**r["config"]) for r in rows
+                           if r["dtype"] == dtype_name and r["status"] == OK}
+                if not ok_cfgs:
+                    continue
+                big = max(ok_cfgs, key=lambda c: (c.flops(), c.tokens))
+                bar.describe(f"GFLOP/s vs torch.mm: {big.label} {dtype_name}")
+                try:
+                    gflops.append(_gflops_section(big, dtype_name, device, modes, st, rows, say))
+                except Exception as e:  # noqa: BLE001
+                    say(f"GFLOP/s measurement failed: {type(e).__name__}: {e}")
+                _release(device)
+
+    summary = {}
+    for dtype_name in dtypes:
+        for mode in modes:
+            sp = [r["speedup"] for r in rows
+                  if r["dtype"] == dtype_name and r["mode"] == mode and r["status"] == OK]
+            summary[f"{dtype_name}/{mode}"] = {
+                "dtype": dtype_name, "mode": mode, "geomean_speedup": geomean(sp), "n": len(sp),
+            }
+    counts = {s: sum(r["status"] == s for r in rows) for s in (OK, FAILED, ERROR, UNSUPPORTED)}
+    return {
+        "schema": SCHEMA,
+        "set": set_name,
+        "device": device.type,
+        "device_name": device_name(device),
+        "dtypes": list(dtypes),
+        "modes": modes,
+        "settings": st.as_dict(),
+        "machine": machine_info(device),
+        "results": rows,
+        "geomean": summary,
+        "gflops": gflops,
+        "unsupported": unsupported,
+        "counts": counts,
+        "elapsed_s": time.perf_counter() - t0,
+    }

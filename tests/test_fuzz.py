@@ -1,0 +1,475 @@
+"""Property-based fuzzing (hypothesis) of rnnfast.RNN, rnnfast.RNNCell and the raw op.
+
+Specification: for *any* configuration drawn below, rnnfast computes the same forward
+values and the same gradients as torch.nn (and, at the op level, as the pure-PyTorch
+oracle rnnfast.reference), within a tolerance that depends only on the dtype:
+
+    float64   within ~1e-9 of nn.RNN float64 (scaled by the magnitude of the result)
+    float32   within ~1e-4 of the float64 result
+    bfloat16 / float16   within a few units of their rounding (loose), compared with
+              the float64 result computed from the *same rounded* inputs and weights
+
+The drawn configurations cover: sequence length (T=1 included), batch (N=0
+included), input/hidden sizes (I=1, H=1 and sizes straddling the 16-wide vector
+blocks of the AVX-512 kernels), layers, directions, batch_first, bias,
+nonlinearity, hx given or not, unbatched input, packed sequences with random
+lengths (sorted or not), non-contiguous, transposed and expanded (stride-0) input
+and hx, requires_grad on any subset of (input, hx, each parameter), gradients
+through output, h_n or both.
+
+Profiles (hypothesis settings profiles, chosen with RNNFAST_FUZZ_PROFILE):
+
+    ci    (default) 60 examples per test, small sizes; the whole file runs in
+          well under 60 s. Every run draws fresh examples (not derandomized).
+    long  thousands of examples per test and larger sizes, to run by hand:
+
+        RNNFAST_FUZZ_PROFILE=long .venv/bin/python -m pytest -q tests/test_fuzz.py
+
+A failure prints the shrunk configuration and a @reproduce_failure blob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnfast
+from rnnfast import reference
+
+_COMMON = dict(
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,  # `device` is a constant string per param
+    ],
+)
+settings.register_profile("rnnfast-fuzz-ci", max_examples=60, **_COMMON)
+settings.register_profile("rnnfast-fuzz-long", max_examples=3000, **_COMMON)
+PROFILE = os.environ.get("RNNFAST_FUZZ_PROFILE", "ci")
+if PROFILE not in ("ci", "long"):
+    raise ValueError(f"RNNFAST_FUZZ_PROFILE must be 'ci' or 'long', got {PROFILE!r}")
+FUZZ = settings.get_profile(f"rnnfast-fuzz-{PROFILE}")
+
+# Size ranges per profile. Hidden sizes include 16/17/33: one full vector block, a
+# block plus a masked tail, two blocks plus a tail.
+if PROFILE == "long":
+    T_MAX, N_MAX, I_MAX, LAYERS_MAX = 24, 12, 40, 3
+    HIDDEN = [1, 2, 3, 5, 8, 15, 16, 17, 32, 33, 64, 65]
+else:
+    T_MAX, N_MAX, I_MAX, LAYERS_MAX = 6, 4, 6, 3
+    HIDDEN = [1, 2, 3, 5, 8, 16, 17, 33]
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+LAYOUTS = ["contiguous", "noncontiguous", "transposed", "expanded"]
+
+# Allowed error, relative to the largest magnitude of the expected tensor (at least 1).
+# Worst cases measured over ~2,000 examples of each profile: 3e-15 (float64), 1e-5
+# (float32, long sequences of relu), 4e-2 (bfloat16: 8-bit mantissa, and the layer
+# outputs kept for backward are rounded to it) and 4e-3 (float16). Any real bug (a
+# missing term, a wrong step, row or direction) gives errors of order 1.
+REL_TOL = {
+    torch.float64: 1e-9,
+    torch.float32: 1e-4,
+    torch.bfloat16: 1e-1,
+    torch.float16: 2e-2,
+}
+
+
+def _assert_close(actual, expected, dtype, what):
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    actual = actual.detach().to("cpu", torch.float64)
+    expected = expected.detach().to("cpu", torch.float64)
+    if expected.numel() == 0:
+        return
+    scale = max(1.0, expected.abs().max().item())
+    err = (actual - expected).abs().max().item()
+    assert err <= REL_TOL[dtype] * scale, (
+        f"{what}: max abs error {err:.3g} > {REL_TOL[dtype]:.1g} * {scale:.3g} ({dtype})"
+    )
+
+
+def _layout(logical_shape, layout, expand_dim):
+    """(shape of the leaf tensor, function leaf -> view with `logical_shape`)."""
+    shape = tuple(logical_shape)
+    if layout == "contiguous":
+        return shape, lambda t: t
+    if layout == "noncontiguous":  # every second element of the last dim
+        return shape[:-1] + (2 * shape[-1],), lambda t: t[..., ::2]
+    if layout == "transposed":
+        return (shape[1], shape[0]) + shape[2:], lambda t: t.transpose(0, 1)
+    assert layout == "expanded"  # stride 0 along expand_dim
+    base = list(shape)
+    base[expand_dim] = 1
+    return tuple(base), lambda t: t.expand(shape)
+
+
+def _leaf(shape, dtype, gen, requires_grad, device):
+    # Drawn in float64 then rounded to dtype: the float64 oracle sees the same values.
+    t = torch.randn(shape, dtype=torch.float64, generator=gen).to(dtype).to(device)
+    return t.requires_grad_(requires_grad)
+
+
+# ---------------------------------------------------------------------------
+# rnnfast.RNN vs torch.nn.RNN
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RNNCase:
+    T: int
+    N: int
+    I: int
+    H: int
+    num_layers: int
+    bidirectional: bool
+    batch_first: bool
+    bias: bool
+    nonlinearity: str
+    batched: bool
+    packed: bool
+    lengths: list
+    enforce_sorted: bool
+    with_hx: bool
+    x_layout: str
+    hx_layout: str
+    dtype: torch.dtype
+    x_grad: bool
+    hx_grad: bool
+    frozen: list  # per parameter, in named_parameters() order: True = requires_grad False
+    target: str  # "output", "h_n" or "both"
+    seed: int
+
+
+@st.composite
+def rnn_cases(draw):
+    T = draw(st.integers(1, T_MAX))
+    packed = draw(st.booleans())
+    batched = packed or draw(st.booleans())
+    N = draw(st.integers(1 if packed else 0, N_MAX)) if batched else 1
+    num_layers = draw(st.integers(1, LAYERS_MAX))
+    bidirectional = draw(st.booleans())
+    bias = draw(st.booleans())
+    n_params = num_layers * (2 if bidirectional else 1) * (4 if bias else 2)
+    lengths, enforce_sorted = [], False
+    if packed:
+        lengths = draw(st.lists(st.integers(1, T), min_size=N, max_size=N))
+        enforce_sorted = draw(st.booleans())
+        if enforce_sorted:
+            lengths = sorted(lengths, reverse=True)
+    with_hx = draw(st.booleans())
+    return RNNCase(
+        T=T,
+        N=N,
+        I=draw(st.integers(1, I_MAX)),
+        H=draw(st.sampled_from(HIDDEN)),
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        batch_first=draw(st.booleans()),
+        bias=bias,
+        nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
+        batched=batched,
+        packed=packed,
+        lengths=lengths,
+        enforce_sorted=enforce_sorted,
+        with_hx=with_hx,
+        x_layout=draw(st.sampled_from(LAYOUTS)),
+        hx_layout=draw(st.sampled_from(LAYOUTS)),
+        dtype=draw(st.sampled_from(DTYPES)),
+        x_grad=draw(st.booleans()),
+        hx_grad=with_hx and draw(st.booleans()),
+        frozen=draw(st.lists(st.booleans(), min_size=n_params, max_size=n_params)),
+        target=draw(st.sampled_from(["output", "h_n", "both"])),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def _run_rnn(module, case, x_base, hx_base, x_view, hx_view, cotangents):
+    """Forward + gradients w.r.t. every leaf that requires grad. Returns (outs, grads)."""
+    x = x_view(x_base)
+    if case.packed:
+        lengths = torch.tensor(case.lengths, dtype=torch.int64)
+        x = pack_padded_sequence(x, lengths, batch_first=case.batch_first,
+                                 enforce_sorted=case.enforce_sorted)
+    hx = hx_view(hx_base) if hx_base is not None else None
+    output, h_n = module(x, hx) if hx is not None else module(x)
+    out_data = output.data if isinstance(output, PackedSequence) else output
+    wrt = [t for t in [x_base, hx_base, *module.parameters()]
+           if t is not None and t.requires_grad]
+    outs, cots = [], []
+    if case.target in ("output", "both"):
+        outs.append(out_data)
+        cots.append(cotangents[0].to(out_data))
+    if case.target in ("h_n", "both"):
+        outs.append(h_n)
+        cots.append(cotangents[1].to(h_n))
+    if not wrt:
+        assert not out_data.requires_grad and not h_n.requires_grad
+        return (out_data, h_n), []
+    grads = torch.autograd.grad(outs, wrt, cots, allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+    return (out_data, h_n), grads
+
+
+@FUZZ
+@given(case=rnn_cases())
+def test_rnn_matches_nn_rnn(case, device):
+    gen = torch.Generator().manual_seed(case.seed)
+    D = 2 if case.bidirectional else 1
+    kwargs = dict(num_layers=case.num_layers, nonlinearity=case.nonlinearity, bias=case.bias,
+                  batch_first=case.batch_first, bidirectional=case.bidirectional)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(case.seed)
+        new = rnnfast.RNN(case.I, case.H, device=device, dtype=case.dtype, **kwargs)
+    ref = nn.RNN(case.I, case.H, dtype=torch.float64, **kwargs)
+    ref.load_state_dict({k: v.to("cpu", torch.float64) for k, v in new.state_dict().items()})
+    for frozen, p_new, p_ref in zip(case.frozen, new.parameters(), ref.parameters()):
+        p_new.requires_grad_(not frozen)
+        p_ref.requires_grad_(not frozen)
+
+    # Input (padded when packed) and hx: a leaf tensor and a view of it with the layout.
+    if case.batched:
+        x_shape = (case.N, case.T, case.I) if case.batch_first else (case.T, case.N, case.I)
+        x_expand_dim = 0 if case.batch_first else 1  # the batch dimension
+        hx_shape, hx_expand_dim = (case.num_layers * D, case.N, case.H), 0
+    else:
+        x_shape, x_expand_dim = (case.T, case.I), 0
+        hx_shape, hx_expand_dim = (case.num_layers * D, case.H), 0
+    if case.packed and case.x_layout == "expanded":
+        x_expand_dim = 1 - x_expand_dim  # expand over time: padding stays in the batch dim
+    x_leaf_shape, x_view = _layout(x_shape, case.x_layout, x_expand_dim)
+    hx_leaf_shape, hx_view = _layout(hx_shape, case.hx_layout, hx_expand_dim)
+    x_base = _leaf(x_leaf_shape, case.dtype, gen, case.x_grad, device)
+    hx_base = _leaf(hx_leaf_shape, case.dtype, gen, case.hx_grad, device) if case.with_hx else None
+    x_ref = x_base.detach().to("cpu", torch.float64).requires_grad_(case.x_grad)
+    hx_ref = (hx_base.detach().to("cpu", torch.float64).requires_grad_(case.hx_grad)
+              if case.with_hx else None)
+
+    # Cotangents for (output data, h_n), drawn once in float64.
+    if case.packed:
+        out_shape = (sum(case.lengths), D * case.H)
+    elif not case.batched:
+        out_shape = (case.T, D * case.H)
+    else:
+        out_shape = x_shape[:2] + (D * case.H,)
+    cot = (torch.randn(out_shape, dtype=torch.float64, generator=gen),
+           torch.randn(hx_shape, dtype=torch.float64, generator=gen))
+
+    (out, h_n), grads = _run_rnn(new, case, x_base, hx_base, x_view, hx_view,
+                                 [c.to(device) for c in cot])
+    (out_ref, h_n_ref), grads_ref = _run_rnn(ref, case, x_ref, hx_ref, x_view, hx_view, cot)
+
+    assert out.dtype == case.dtype and h_n.dtype == case.dtype
+    assert out.device.type == torch.device(device).type
+    _assert_close(out, out_ref, case.dtype, "output")
+    _assert_close(h_n, h_n_ref, case.dtype, "h_n")
+    assert len(grads) == len(grads_ref)
+    for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
+        assert g.dtype == case.dtype, f"gradient {i}: dtype {g.dtype}"
+        _assert_close(g, g_ref, case.dtype, f"gradient {i} (of the leaves needing grad)")
+
+
+# ---------------------------------------------------------------------------
+# torch.ops.rnnfast.rnn_forward vs rnnfast.reference, with explicit dropout masks
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OpCase:
+    T: int
+    N: int
+    I: int
+    H: int
+    num_layers: int
+    bidirectional: bool
+    has_biases: bool
+    nonlinearity: str
+    batch_sizes: list  # [] = dense input
+    keep: float  # dropout keep probability of the masks (0 = p=1: all zero)
+    with_masks: bool
+    dtype: torch.dtype
+    grad_output: bool
+    grad_h_n: bool
+    seed: int
+
+
+@st.composite
+def op_cases(draw):
+    packed = draw(st.booleans())
+    T = draw(st.integers(1, T_MAX))
+    N = draw(st.integers(1 if packed else 0, N_MAX))
+    batch_sizes = []
+    if packed:  # non-increasing, positive, first = N
+        batch_sizes = sorted(draw(st.lists(st.integers(1, N), min_size=T - 1, max_size=T - 1)),
+                             reverse=True)
+        batch_sizes = [N] + batch_sizes
+    grad_output = draw(st.booleans())
+    return OpCase(
+        T=T, N=N, I=draw(st.integers(1, I_MAX)), H=draw(st.sampled_from(HIDDEN)),
+        num_layers=draw(st.integers(1, LAYERS_MAX)), bidirectional=draw(st.booleans()),
+        has_biases=draw(st.booleans()), nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
+        batch_sizes=batch_sizes, keep=draw(st.sampled_from([0.0, 0.3, 0.8, 1.0])),
+        with_masks=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)),
+        grad_output=grad_output, grad_h_n=draw(st.booleans()) or not grad_output,
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@FUZZ
+@given(case=op_cases())
+def test_op_matches_reference(case, device):
+    """The raw op (what rnnfast.functional calls) against the pure-PyTorch oracle,
+    including inter-layer dropout masks and packed batch_sizes drawn at random."""
+    gen = torch.Generator().manual_seed(case.seed)
+    D = 2 if case.bidirectional else 1
+    packed = bool(case.batch_sizes)
+    rows = sum(case.batch_sizes) if packed else case.T * case.N
+
+    def rand(*shape, scale=1.0):
+        t = (torch.randn(shape, dtype=torch.float64, generator=gen) * scale).to(case.dtype)
+        return t.to(torch.float64)  # the values the low-precision kernels will see
+
+    weights = []
+    for layer in range(case.num_layers):
+        fan_in = case.I if layer == 0 else D * case.H
+        for _ in range(D):
+            weights += [rand(case.H, fan_in, scale=fan_in**-0.5), rand(case.H, case.H, scale=case.H**-0.5)]
+            if case.has_biases:
+                weights += [rand(case.H, scale=0.5), rand(case.H, scale=0.5)]
+    x = rand(rows, case.I) if packed else rand(case.T, case.N, case.I)
+    hx = rand(case.num_layers * D, case.N, case.H)
+    batch_sizes = torch.tensor(case.batch_sizes, dtype=torch.int64) if packed else None
+    masks = None
+    if case.with_masks and case.num_layers > 1:
+        keep = torch.rand(case.num_layers - 1, rows, D * case.H, generator=gen) < case.keep
+        masks = keep.to(torch.float64) / case.keep if case.keep > 0 else keep.to(torch.float64)
+        masks = masks.to(case.dtype).to(torch.float64)
+    args = (batch_sizes, case.has_biases, case.num_layers, case.nonlinearity, case.bidirectional)
+
+    def run(fn, dtype, dev):
+        leaves = [t.to(dev, dtype).requires_grad_() for t in [x, hx, *weights]]
+        m = masks.to(dev, dtype) if masks is not None else None
+        bs, hb, nl, act, bi = args
+        out, h_n = fn(leaves[0], leaves[1], leaves[2:], bs, m, hb, nl, act, bi)[:2]
+        outs, cots = [], []
+        if case.grad_output:
+            outs.append(out)
+            cots.append(go.to(dev, dtype))
+        if case.grad_h_n:
+            outs.append(h_n)
+            cots.append(gh.to(dev, dtype))
+        grads = torch.autograd.grad(outs, leaves, cots, allow_unused=True)
+        grads = [torch.zeros_like(l) if g is None else g for g, l in zip(grads, leaves)]
+        return out, h_n, grads
+
+    out_shape = (rows, D * case.H) if packed else (case.T, case.N, D * case.H)
+    go = torch.randn(out_shape, dtype=torch.float64, generator=gen)
+    gh = torch.randn(hx.shape, dtype=torch.float64, generator=gen)
+
+    out, h_n, grads = run(torch.ops.rnnfast.rnn_forward, case.dtype, device)
+    out_ref, h_n_ref, grads_ref = run(reference.rnn_forward, torch.float64, "cpu")
+    _assert_close(out, out_ref, case.dtype, "output")
+    _assert_close(h_n, h_n_ref, case.dtype, "h_n")
+    names = ["input", "hx"] + [f"weights[{i}]" for i in range(len(weights))]
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        _assert_close(g, g_ref, case.dtype, f"grad {name}")
+
+
+# ---------------------------------------------------------------------------
+# rnnfast.RNNCell vs torch.nn.RNNCell
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CellCase:
+    N: int
+    I: int
+    H: int
+    bias: bool
+    nonlinearity: str
+    batched: bool
+    with_hx: bool
+    x_layout: str
+    hx_layout: str
+    dtype: torch.dtype
+    x_grad: bool
+    hx_grad: bool
+    frozen: list
+    seed: int
+
+
+@st.composite
+def cell_cases(draw):
+    bias = draw(st.booleans())
+    with_hx = draw(st.booleans())
+    batched = draw(st.booleans())
+    n_params = 4 if bias else 2
+    return CellCase(
+        N=draw(st.integers(0, N_MAX + 2)) if batched else 1,
+        I=draw(st.sampled_from([0, 1, 2, 3, 7, 16, 17])),
+        H=draw(st.sampled_from([0] + HIDDEN)),
+        bias=bias, nonlinearity=draw(st.sampled_from(["tanh", "relu"])), batched=batched,
+        with_hx=with_hx, x_layout=draw(st.sampled_from(LAYOUTS)),
+        hx_layout=draw(st.sampled_from(LAYOUTS)), dtype=draw(st.sampled_from(DTYPES)),
+        x_grad=draw(st.booleans()), hx_grad=with_hx and draw(st.booleans()),
+        frozen=draw(st.lists(st.booleans(), min_size=n_params, max_size=n_params)),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@FUZZ
+@given(case=cell_cases())
+def test_cell_matches_nn_rnncell(case, device):
+    gen = torch.Generator().manual_seed(case.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(case.seed)
+        new = rnnfast.RNNCell(case.I, case.H, bias=case.bias, nonlinearity=case.nonlinearity,
+                              device=device, dtype=case.dtype)
+    ref = nn.RNNCell(case.I, case.H, bias=case.bias, nonlinearity=case.nonlinearity,
+                     dtype=torch.float64)
+    ref.load_state_dict({k: v.to("cpu", torch.float64) for k, v in new.state_dict().items()})
+    for frozen, p_new, p_ref in zip(case.frozen, new.parameters(), ref.parameters()):
+        p_new.requires_grad_(not frozen)
+        p_ref.requires_grad_(not frozen)
+
+    x_shape = (case.N, case.I) if case.batched else (case.I,)
+    hx_shape = (case.N, case.H) if case.batched else (case.H,)
+    x_layout = case.x_layout if case.batched else "contiguous" if case.x_layout == "transposed" \
+        else case.x_layout
+    hx_layout = case.hx_layout if case.batched else "contiguous" if case.hx_layout == "transposed" \
+        else case.hx_layout
+    x_leaf_shape, x_view = _layout(x_shape, x_layout, 0)
+    hx_leaf_shape, hx_view = _layout(hx_shape, hx_layout, 0)
+    x_base = _leaf(x_leaf_shape, case.dtype, gen, case.x_grad, device)
+    hx_base = _leaf(hx_leaf_shape, case.dtype, gen, case.hx_grad, device) if case.with_hx else None
+    cot = torch.randn(hx_shape, dtype=torch.float64, generator=gen)
+
+    def run(module, x_base, hx_base, cot):
+        h = module(x_view(x_base), hx_view(hx_base)) if hx_base is not None \
+            else module(x_view(x_base))
+        wrt = [t for t in [x_base, hx_base, *module.parameters()]
+               if t is not None and t.requires_grad]
+        if not wrt:
+            assert not h.requires_grad
+            return h, []
+        grads = torch.autograd.grad([h], wrt, [cot.to(h)], allow_unused=True)
+        return h, [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+
+    h, grads = run(new, x_base, hx_base, cot.to(device))
+    h_ref, grads_ref = run(
+        ref, x_base.detach().to("cpu", torch.float64).requires_grad_(case.x_grad),
+        hx_base.detach().to("cpu", torch.float64).requires_grad_(case.hx_grad)
+        if hx_base is not None else None, cot)
+    assert h.dtype == case.dtype
+    _assert_close(h, h_ref, case.dtype, "h")
+    assert len(grads) == len(grads_ref)
+    for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
+        _assert_close(g, g_ref, case.dtype, f"gradient {i} (of the leaves needing grad)")

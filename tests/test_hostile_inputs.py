@@ -1,0 +1,645 @@
+"""Hostile inputs: every bad argument gives a clear Python exception, never a crash,
+a hang or a silently wrong answer; NaN/Inf propagate exactly as in torch.nn.
+
+* Modules (rnnfast.RNN / rnnfast.RNNCell): wrong rank, feature size, hx shape or dtype,
+  integer / complex / bool tensors, mixed devices ('meta' against 'cpu'), parameters
+  replaced by a user with a wrong shape or dtype, PackedSequences whose batch_sizes
+  contradict their data. Each raises the exception type nn.RNN raises (ValueError for
+  rank and input dtype, RuntimeError otherwise), with a message naming the culprit.
+  Where nn.RNN silently computes something (a (1,)-shaped bias broadcast, batch_sizes
+  that do not cover the data) rnnfast refuses with a RuntimeError.
+* Raw ops (torch.ops.rnnfast.rnn_forward, _rnn_backward, rnn_cell_forward,
+  _rnn_cell_backward): the op boundary validates its own arguments. Any single bad
+  argument of an otherwise valid call raises RuntimeError naming that argument, on
+  every device dispatch path (a 'meta' tensor among CPU tensors included). A
+  hypothesis test feeds random garbage: the op raises, or its result is the oracle's.
+* 64-bit sizes: shapes with more than 2**31 elements go through the fake kernels
+  (FakeTensorMode) and the module on the meta device with exact shapes and strides.
+* NaN / Inf in input, hx or a weight: output, h_n and every gradient have NaN and Inf
+  at exactly the positions nn.RNN has them, and equal finite values elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.utils.rnn import PackedSequence
+
+import rnnfast
+from rnnfast import reference
+
+ops = torch.ops.rnnfast
+
+
+# ---------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------
+
+
+def _rnn(**kwargs):
+    return rnnfast.RNN(4, 6, 2, **kwargs)
+
+
+def _set(module, name, value):
+    setattr(module, name, nn.Parameter(value))
+    return module
+
+
+def _packed(rows, batch_sizes, dtype=torch.int64):
+    return PackedSequence(torch.randn(rows, 4), torch.tensor(batch_sizes, dtype=dtype))
+
+
+X = lambda *shape, **kw: torch.randn(*shape, **kw)  # noqa: E731 - fresh data per call
+
+# (id, module factory, call(module), exception type, regex the message must match)
+MODULE_CASES = [
+    ("input-1d", _rnn, lambda m: m(X(4)), ValueError, "2D or 3D"),
+    ("input-4d", _rnn, lambda m: m(X(1, 5, 3, 4)), ValueError, "2D or 3D"),
+    ("input-features", _rnn, lambda m: m(X(5, 3, 5)), RuntimeError, "input_size"),
+    ("input-empty-sequence", _rnn, lambda m: m(X(0, 3, 4)), RuntimeError, "sequence length"),
+    ("input-int64", _rnn, lambda m: m(X(5, 3, 4).long()), ValueError, "dtype"),
+    ("input-bool", _rnn, lambda m: m(X(5, 3, 4) > 0), ValueError, "dtype"),
+    ("input-complex", _rnn, lambda m: m(X(5, 3, 4, dtype=torch.complex64)), ValueError, "dtype"),
+    ("complex-module", lambda: _rnn(dtype=torch.complex64),
+     lambda m: m(X(5, 3, 4, dtype=torch.complex64)), RuntimeError, "floating-point"),
+    ("hx-shape", _rnn, lambda m: m(X(5, 3, 4), X(2, 3, 5)), RuntimeError, "hidden size"),
+    ("hx-batch", _rnn, lambda m: m(X(5, 3, 4), X(2, 4, 6)), RuntimeError, "hidden size"),
+    ("hx-layers", _rnn, lambda m: m(X(5, 3, 4), X(1, 3, 6)), RuntimeError, "hidden size"),
+    ("hx-rank", _rnn, lambda m: m(X(5, 3, 4), X(2, 6)), RuntimeError, "3-D"),
+    ("hx-float64", _rnn, lambda m: m(X(5, 3, 4), X(2, 3, 6, dtype=torch.float64)),
+     RuntimeError, "dtype"),
+    ("hx-int64", _rnn, lambda m: m(X(5, 3, 4), X(2, 3, 6).long()), RuntimeError, "dtype"),
+    ("input-meta", _rnn, lambda m: m(X(5, 3, 4, device="meta")), RuntimeError, "device"),
+    ("hx-meta", _rnn, lambda m: m(X(5, 3, 4), X(2, 3, 6, device="meta")), RuntimeError, "device"),
+    ("weight-meta", lambda: _set(_rnn(), "weight_hh_l1", X(6, 6, device="meta")),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "device"),
+    ("weight_hh_l0-shape", lambda: _set(_rnn(), "weight_hh_l0", X(6, 5)),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "weight_hh_l0"),
+    ("weight_hh_l1-shape", lambda: _set(_rnn(), "weight_hh_l1", X(5, 5)),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "weight_hh_l1"),
+    ("weight_ih_l1-shape", lambda: _set(_rnn(), "weight_ih_l1", X(6, 4)),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "weight_ih_l1"),
+    ("bias_hh_l0-shape", lambda: _set(_rnn(), "bias_hh_l0", X(7)),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "bias_hh_l0"),
+    # nn.RNN broadcasts this one silently; rnnfast requires the documented shape.
+    ("bias_hh_l0-broadcastable", lambda: _set(_rnn(), "bias_hh_l0", X(1)),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "bias_hh_l0"),
+    ("weight_hh_l0-float64", lambda: _set(_rnn(), "weight_hh_l0", X(6, 6, dtype=torch.float64)),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "weight_hh_l0.*dtype|dtype.*weight_hh_l0"),
+    ("weight_ih_l0-float64", lambda: _set(_rnn(), "weight_ih_l0", X(6, 4, dtype=torch.float64)),
+     lambda m: m(X(5, 3, 4)), ValueError, "dtype"),
+    ("bias_ih_l1-float16", lambda: _set(_rnn(), "bias_ih_l1", X(6).half()),
+     lambda m: m(X(5, 3, 4)), RuntimeError, "bias_ih_l1"),
+    ("weight-in-bf16-module-float32", lambda: _set(_rnn(dtype=torch.bfloat16), "weight_hh_l0", X(6, 6)),
+     lambda m: m(X(5, 3, 4, dtype=torch.bfloat16)), RuntimeError, "weight_hh_l0"),
+    # PackedSequences built by hand whose batch_sizes contradict the data.
+    ("batch_sizes-sum-below-rows", _rnn, lambda m: m(_packed(10, [3, 3, 3])), RuntimeError,
+     "batch_sizes"),
+    ("batch_sizes-sum-above-rows", _rnn, lambda m: m(_packed(8, [3, 3, 3])), RuntimeError,
+     "batch_sizes"),
+    ("batch_sizes-increasing", _rnn, lambda m: m(_packed(9, [2, 3, 4])), RuntimeError,
+     "batch_sizes"),
+    ("batch_sizes-zero", _rnn, lambda m: m(_packed(6, [3, 3, 0])), RuntimeError, "batch_sizes"),
+    ("batch_sizes-negative", _rnn, lambda m: m(_packed(7, [3, 3, -1, 2])), RuntimeError,
+     "batch_sizes"),
+    ("batch_sizes-int32", _rnn, lambda m: m(_packed(9, [3, 3, 3], torch.int32)), RuntimeError,
+     "batch_sizes"),
+    ("packed-hx-batch", _rnn, lambda m: m(_packed(9, [3, 3, 3]), X(2, 4, 6)), RuntimeError,
+     "hidden size"),
+]
+
+
+@pytest.mark.parametrize("make, call, exc, match", [c[1:] for c in MODULE_CASES],
+                         ids=[c[0] for c in MODULE_CASES])
+def test_rnn_module_rejects_hostile_input(make, call, exc, match):
+    module = make()
+    with pytest.raises(exc, match=match) as info:
+        call(module)
+    assert type(info.value) is exc  # not a subclass hiding an internal error
+
+
+def _cell(**kwargs):
+    return rnnfast.RNNCell(4, 6, **kwargs)
+
+
+CELL_CASES = [
+    ("input-3d", _cell, lambda m: m(X(1, 3, 4)), ValueError, "1D or 2D"),
+    ("input-0d", _cell, lambda m: m(X()), ValueError, "1D or 2D"),
+    ("hx-3d", _cell, lambda m: m(X(3, 4), X(1, 3, 6)), ValueError, "1D or 2D"),
+    ("input-features", _cell, lambda m: m(X(3, 5)), RuntimeError, "input_size"),
+    ("hx-batch", _cell, lambda m: m(X(3, 4), X(2, 6)), RuntimeError, "batch size"),
+    ("hx-hidden", _cell, lambda m: m(X(3, 4), X(3, 5)), RuntimeError, "hidden_size"),
+    ("input-int64", _cell, lambda m: m(X(3, 4).long()), RuntimeError, "dtype"),
+    ("input-bool", _cell, lambda m: m(X(3, 4) > 0), RuntimeError, "dtype"),
+    ("input-complex", _cell, lambda m: m(X(3, 4, dtype=torch.complex64)), RuntimeError, "dtype"),
+    ("hx-float64", _cell, lambda m: m(X(3, 4), X(3, 6, dtype=torch.float64)), RuntimeError,
+     "dtype"),
+    ("input-meta", _cell, lambda m: m(X(3, 4, device="meta")), RuntimeError, "device"),
+    ("hx-meta", _cell, lambda m: m(X(3, 4), X(3, 6, device="meta")), RuntimeError, "device"),
+    ("weight-meta", lambda: _set(_cell(), "weight_hh", X(6, 6, device="meta")),
+     lambda m: m(X(3, 4)), RuntimeError, "device"),
+    ("weight_hh-shape", lambda: _set(_cell(), "weight_hh", X(6, 5)), lambda m: m(X(3, 4)),
+     RuntimeError, "hidden_size"),
+    ("weight_ih-shape", lambda: _set(_cell(), "weight_ih", X(5, 4)), lambda m: m(X(3, 4)),
+     RuntimeError, "weight_ih"),
+    ("bias_hh-shape", lambda: _set(_cell(), "bias_hh", X(5)), lambda m: m(X(3, 4)),
+     RuntimeError, "size"),
+    ("bias_hh-broadcastable", lambda: _set(_cell(), "bias_hh", X(1)), lambda m: m(X(3, 4)),
+     RuntimeError, "rnnfast"),
+    ("bias_hh-float64", lambda: _set(_cell(), "bias_hh", X(6, dtype=torch.float64)),
+     lambda m: m(X(3, 4)), RuntimeError, "dtype"),
+    ("complex-cell", lambda: _cell(dtype=torch.complex64),
+     lambda m: m(X(3, 4, dtype=torch.complex64)), RuntimeError, "floating-point"),
+]
+
+
+@pytest.mark.parametrize("make, call, exc, match", [c[1:] for c in CELL_CASES],
+                         ids=[c[0] for c in CELL_CASES])
+def test_cell_module_rejects_hostile_input(make, call, exc, match):
+    module = make()
+    with pytest.raises(exc, match=match) as info:
+        call(module)
+    assert type(info.value) is exc
+
+
+# ---------------------------------------------------------------------------
+# Raw ops: every argument is validated at the op boundary
+# ---------------------------------------------------------------------------
+
+T_, N_, I_, H_ = 5, 3, 4, 6
+
+
+def _forward_args(packed=False, layers=2):
+    """A valid rnn_forward call as a dict: 2 layers, unidirectional, with biases."""
+    weights = []
+    for layer in range(layers):
+        weights += [X(H_, I_ if layer == 0 else H_), X(H_, H_), X(H_), X(H_)]
+    rows = 9 if packed else T_ * N_
+    return dict(
+        input=X(rows, I_) if packed else X(T_, N_, I_),
+        hx=X(layers, N_, H_),
+        weights=weights,
+        batch_sizes=torch.tensor([3, 3, 2, 1]) if packed else None,
+        dropout_masks=(torch.rand(layers - 1, rows, H_) > 0.5).float() * 2,
+        has_biases=True, num_layers=layers, nonlinearity="tanh", bidirectional=False,
+    )
+
+
+def _call_forward(a):
+    return ops.rnn_forward(a["input"], a["hx"], a["weights"], a["batch_sizes"],
+                           a["dropout_masks"], a["has_biases"], a["num_layers"],
+                           a["nonlinearity"], a["bidirectional"])
+
+
+def _backward_args(packed=False):
+    a = _forward_args(packed)
+    out, h_n, ws = _call_forward(a)
+    a.update(grad_output=torch.randn_like(out), grad_h_n=torch.randn_like(h_n), output=out,
+             workspace=ws)
+    return a
+
+
+def _call_backward(a):
+    return ops._rnn_backward(a["grad_output"], a["grad_h_n"], a["input"], a["hx"], a["weights"],
+                             a["batch_sizes"], a["dropout_masks"], a["output"], a["workspace"],
+                             a["has_biases"], a["num_layers"], a["nonlinearity"],
+                             a["bidirectional"])
+
+
+def _cell_args():
+    return dict(input=X(N_, I_), hx=X(N_, H_), w_ih=X(H_, I_), w_hh=X(H_, H_), b_ih=X(H_),
+                b_hh=X(H_), nonlinearity="tanh")
+
+
+def _call_cell(a):
+    return ops.rnn_cell_forward(a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                                a["nonlinearity"])
+
+
+def _cell_backward_args(dtype=torch.float32):
+    a = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in _cell_args().items()}
+    h = _call_cell(a)
+    return dict(grad_h=torch.randn_like(h), input=a["input"], hx=a["hx"], w_ih=a["w_ih"],
+                w_hh=a["w_hh"], h=h, has_bias=True, nonlinearity="tanh")
+
+
+def _call_cell_backward(a):
+    return ops._rnn_cell_backward(a["grad_h"], a["input"], a["hx"], a["w_ih"], a["w_hh"], a["h"],
+                                  a["has_bias"], a["nonlinearity"])
+
+
+def _w(i, fn):
+    """Replace weights[i] by fn(weights[i])."""
+    def mutate(a):
+        a["weights"] = list(a["weights"])
+        a["weights"][i] = fn(a["weights"][i])
+    return mutate
+
+
+def _set_arg(name, fn):
+    def mutate(a):
+        a[name] = fn(a[name])
+    return mutate
+
+
+META = lambda t: t.to("meta")  # noqa: E731
+
+# (id, make valid args, call, mutate(args), regex naming the argument)
+OP_CASES = [
+    # rnn_forward
+    ("fwd-input-int64", _forward_args, _call_forward, _set_arg("input", lambda t: t.long()), "input"),
+    ("fwd-input-complex", _forward_args, _call_forward,
+     _set_arg("input", lambda t: t.to(torch.complex64)), "input"),
+    ("fwd-input-bool", _forward_args, _call_forward, _set_arg("input", lambda t: t > 0), "input"),
+    ("fwd-input-2d", _forward_args, _call_forward, _set_arg("input", lambda t: t[0]), "input"),
+    ("fwd-input-4d", _forward_args, _call_forward, _set_arg("input", lambda t: t[None]), "input"),
+    ("fwd-input-features", _forward_args, _call_forward,
+     _set_arg("input", lambda t: X(T_, N_, I_ + 1)), "weight_ih_l0"),
+    ("fwd-input-meta", _forward_args, _call_forward, _set_arg("input", META), "device"),
+    ("fwd-hx-shape", _forward_args, _call_forward, _set_arg("hx", lambda t: t[:, :2]), "hx"),
+    ("fwd-hx-layers", _forward_args, _call_forward, _set_arg("hx", lambda t: t[:1]), "hx"),
+    ("fwd-hx-float64", _forward_args, _call_forward, _set_arg("hx", lambda t: t.double()), "hx"),
+    ("fwd-hx-int64", _forward_args, _call_forward, _set_arg("hx", lambda t: t.long()), "hx"),
+    ("fwd-hx-meta", _forward_args, _call_forward, _set_arg("hx", META), "hx.*device|device.*hx"),
+    ("fwd-weights-missing", _forward_args, _call_forward,
+     _set_arg("weights", lambda w: w[:-1]), "weight tensors"),
+    ("fwd-weights-extra", _forward_args, _call_forward,
+     _set_arg("weights", lambda w: w + [w[-1]]), "weight tensors"),
+    ("fwd-weight_hh_l0-1d", _forward_args, _call_forward, _w(1, lambda t: t[0]), "weight_hh_l0"),
+    ("fwd-weight_hh_l1-shape", _forward_args, _call_forward, _w(5, lambda t: t[:, :5]),
+     "weight_hh_l1"),
+    ("fwd-weight_ih_l1-shape", _forward_args, _call_forward, _w(4, lambda t: t[:, :5]),
+     "weight_ih_l1"),
+    ("fwd-bias_hh_l0-shape", _forward_args, _call_forward, _w(3, lambda t: t[:5]), "bias_hh_l0"),
+    ("fwd-bias_ih_l1-2d", _forward_args, _call_forward, _w(6, lambda t: t[:, None]), "bias_ih_l1"),
+    ("fwd-weight_ih_l1-float64", _forward_args, _call_forward, _w(4, lambda t: t.double()),
+     "weight_ih_l1"),
+    ("fwd-bias_hh_l1-int64", _forward_args, _call_forward, _w(7, lambda t: t.long()), "bias_hh_l1"),
+    ("fwd-weight_hh_l1-meta", _forward_args, _call_forward, _w(5, META), "weight_hh_l1"),
+    ("fwd-batch_sizes-float", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: t.float()), "batch_sizes"),
+    ("fwd-batch_sizes-int32", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: t.int()), "batch_sizes"),
+    ("fwd-batch_sizes-2d", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: t[None]), "batch_sizes"),
+    ("fwd-batch_sizes-empty", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: t[:0]), "batch_sizes"),
+    ("fwd-batch_sizes-zero", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 3, 0])), "batch_sizes"),
+    ("fwd-batch_sizes-negative", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 4, -1])), "batch_sizes"),
+    ("fwd-batch_sizes-increasing", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: torch.tensor([3, 2, 3, 1])), "batch_sizes"),
+    ("fwd-batch_sizes-sum", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 2, 2])), "batch_sizes"),
+    ("fwd-batch_sizes-overflow", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", lambda t: torch.tensor([2**62] * 4 + [9])), "batch_sizes|hx"),
+    ("fwd-batch_sizes-meta", lambda: _forward_args(True), _call_forward,
+     _set_arg("batch_sizes", META), "batch_sizes"),
+    ("fwd-batch_sizes-on-dense", _forward_args, _call_forward,
+     _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 3, 3, 3])), "input"),
+    ("fwd-dropout_masks-shape", _forward_args, _call_forward,
+     _set_arg("dropout_masks", lambda t: t[:, 1:]), "dropout_masks"),
+    ("fwd-dropout_masks-bool", _forward_args, _call_forward,
+     _set_arg("dropout_masks", lambda t: t > 0), "dropout_masks"),
+    ("fwd-dropout_masks-meta", _forward_args, _call_forward, _set_arg("dropout_masks", META),
+     "dropout_masks"),
+    ("fwd-num_layers-0", _forward_args, _call_forward, _set_arg("num_layers", lambda n: 0),
+     "num_layers"),
+    ("fwd-num_layers-negative", _forward_args, _call_forward, _set_arg("num_layers", lambda n: -3),
+     "num_layers"),
+    ("fwd-num_layers-huge", _forward_args, _call_forward, _set_arg("num_layers", lambda n: 2**62),
+     "weight tensors"),
+    ("fwd-nonlinearity", _forward_args, _call_forward, _set_arg("nonlinearity", lambda s: "gelu"),
+     "nonlinearity"),
+    ("fwd-nonlinearity-case", _forward_args, _call_forward,
+     _set_arg("nonlinearity", lambda s: "TANH"), "nonlinearity"),
+    ("fwd-has_biases-mismatch", _forward_args, _call_forward,
+     _set_arg("has_biases", lambda b: False), "weight tensors"),
+    ("fwd-bidirectional-mismatch", _forward_args, _call_forward,
+     _set_arg("bidirectional", lambda b: True), "weight tensors"),
+    # _rnn_backward
+    ("bwd-grad_output-shape", _backward_args, _call_backward,
+     _set_arg("grad_output", lambda t: t[:, :, :5]), "grad_output"),
+    ("bwd-grad_output-float64", _backward_args, _call_backward,
+     _set_arg("grad_output", lambda t: t.double()), "grad_output"),
+    ("bwd-grad_output-meta", _backward_args, _call_backward, _set_arg("grad_output", META),
+     "grad_output"),
+    ("bwd-grad_h_n-shape", _backward_args, _call_backward,
+     _set_arg("grad_h_n", lambda t: t[:1]), "grad_h_n"),
+    ("bwd-grad_h_n-int32", _backward_args, _call_backward,
+     _set_arg("grad_h_n", lambda t: t.int()), "grad_h_n"),
+    ("bwd-grad_h_n-meta", _backward_args, _call_backward, _set_arg("grad_h_n", META), "grad_h_n"),
+    ("bwd-output-shape", _backward_args, _call_backward,
+     _set_arg("output", lambda t: t[1:]), "output"),
+    ("bwd-output-int64", _backward_args, _call_backward,
+     _set_arg("output", lambda t: t.long()), "output"),
+    ("bwd-output-meta", _backward_args, _call_backward, _set_arg("output", META), "output"),
+    ("bwd-workspace-shape", _backward_args, _call_backward,
+     _set_arg("workspace", lambda t: t[:, 1:]), "workspace"),
+    ("bwd-workspace-meta", _backward_args, _call_backward, _set_arg("workspace", META),
+     "workspace"),
+    ("bwd-input-int64", _backward_args, _call_backward,
+     _set_arg("input", lambda t: t.long()), "input"),
+    ("bwd-hx-shape", _backward_args, _call_backward, _set_arg("hx", lambda t: t[:, 1:]), "hx"),
+    ("bwd-batch_sizes-sum", lambda: _backward_args(True), _call_backward,
+     _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 3])), "batch_sizes"),
+    ("bwd-nonlinearity", _backward_args, _call_backward,
+     _set_arg("nonlinearity", lambda s: "sigmoid"), "nonlinearity"),
+    # rnn_cell_forward
+    ("cell-input-int64", _cell_args, _call_cell, _set_arg("input", lambda t: t.long()), "input"),
+    ("cell-input-complex", _cell_args, _call_cell,
+     _set_arg("input", lambda t: t.to(torch.complex64)), "input"),
+    ("cell-input-1d", _cell_args, _call_cell, _set_arg("input", lambda t: t[0]), "input"),
+    ("cell-input-3d", _cell_args, _call_cell, _set_arg("input", lambda t: t[None]), "input"),
+    ("cell-input-meta", _cell_args, _call_cell, _set_arg("input", META), "device"),
+    ("cell-hx-shape", _cell_args, _call_cell, _set_arg("hx", lambda t: t[:, 1:]), "hx"),
+    ("cell-hx-bool", _cell_args, _call_cell, _set_arg("hx", lambda t: t > 0), "hx"),
+    ("cell-hx-meta", _cell_args, _call_cell, _set_arg("hx", META), "hx"),
+    ("cell-w_ih-shape", _cell_args, _call_cell, _set_arg("w_ih", lambda t: t[:, 1:]), "w_ih"),
+    ("cell-w_ih-float64", _cell_args, _call_cell, _set_arg("w_ih", lambda t: t.double()), "w_ih"),
+    ("cell-w_ih-meta", _cell_args, _call_cell, _set_arg("w_ih", META), "w_ih"),
+    ("cell-w_hh-1d", _cell_args, _call_cell, _set_arg("w_hh", lambda t: t[0]), "w_hh"),
+    ("cell-w_hh-shape", _cell_args, _call_cell, _set_arg("w_hh", lambda t: t[:, 1:]), "w_hh"),
+    ("cell-w_hh-meta", _cell_args, _call_cell, _set_arg("w_hh", META), "w_hh"),
+    ("cell-b_hh-missing", _cell_args, _call_cell, _set_arg("b_hh", lambda t: None), "b_ih and b_hh"),
+    ("cell-b_ih-shape", _cell_args, _call_cell, _set_arg("b_ih", lambda t: t[1:]), "b_ih"),
+    ("cell-b_hh-int64", _cell_args, _call_cell, _set_arg("b_hh", lambda t: t.long()), "b_hh"),
+    ("cell-b_hh-meta", _cell_args, _call_cell, _set_arg("b_hh", META), "b_hh"),
+    ("cell-nonlinearity", _cell_args, _call_cell, _set_arg("nonlinearity", lambda s: ""),
+     "nonlinearity"),
+    # _rnn_cell_backward
+    ("cellbwd-grad_h-shape", _cell_backward_args, _call_cell_backward,
+     _set_arg("grad_h", lambda t: t[1:]), "grad_h"),
+    ("cellbwd-grad_h-float64", _cell_backward_args, _call_cell_backward,
+     _set_arg("grad_h", lambda t: t.double()), "grad_h"),
+    ("cellbwd-grad_h-meta", _cell_backward_args, _call_cell_backward, _set_arg("grad_h", META),
+     "grad_h"),
+    ("cellbwd-grad_h-float32-for-bfloat16", lambda: _cell_backward_args(torch.bfloat16),
+     _call_cell_backward, _set_arg("grad_h", lambda t: t.float()), "grad_h"),
+    ("cellbwd-h-shape", _cell_backward_args, _call_cell_backward,
+     _set_arg("h", lambda t: t[:, 1:]), "h"),
+    ("cellbwd-h-float16-for-bfloat16", lambda: _cell_backward_args(torch.bfloat16),
+     _call_cell_backward, _set_arg("h", lambda t: t.half()), "h"),
+    ("cellbwd-h-meta", _cell_backward_args, _call_cell_backward, _set_arg("h", META), "h"),
+    ("cellbwd-input-int64", _cell_backward_args, _call_cell_backward,
+     _set_arg("input", lambda t: t.long()), "input"),
+    ("cellbwd-hx-shape", _cell_backward_args, _call_cell_backward,
+     _set_arg("hx", lambda t: t[1:]), "hx"),
+    ("cellbwd-w_ih-shape", _cell_backward_args, _call_cell_backward,
+     _set_arg("w_ih", lambda t: t[:, 1:]), "w_ih"),
+    ("cellbwd-nonlinearity", _cell_backward_args, _call_cell_backward,
+     _set_arg("nonlinearity", lambda s: "relu6"), "nonlinearity"),
+]
+
+
+@pytest.mark.parametrize("make, call, mutate, names", [c[1:] for c in OP_CASES],
+                         ids=[c[0] for c in OP_CASES])
+def test_raw_op_rejects_a_bad_argument_naming_it(make, call, mutate, names):
+    args = make()
+    call(args)  # the unmodified call is valid
+    mutate(args)
+    with pytest.raises(RuntimeError, match=names):
+        result = call(args)
+        # Reached only when the op accepted the argument: show what came back.
+        leaves = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
+        pytest.fail(f"accepted; returned {[(tuple(t.shape), t.dtype, str(t.device)) for t in leaves]}")
+
+
+# Garbage generator: each tensor argument of a valid call is kept (probability 1/2) or
+# replaced by a random tensor of random rank, sizes, dtype, device and layout.
+_GARBAGE_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+                   torch.int32, torch.bool, torch.complex64]
+
+
+@st.composite
+def _garbage_tensor(draw, valid):
+    if draw(st.booleans()):
+        return valid
+    shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=4))
+    dtype = draw(st.sampled_from(_GARBAGE_DTYPES))
+    t = torch.randn(shape).to(dtype) if dtype != torch.bool else torch.randn(shape) > 0
+    if draw(st.booleans()) and t.dim() >= 2:
+        t = t.transpose(0, 1)
+    if draw(st.integers(0, 5)) == 0:
+        t = t.to("meta")
+    return t
+
+
+def _oracle_accepts_and_matches(fn_ref, args_ref, result):
+    """The reference on float64 copies must succeed and agree with the op's result."""
+    expected = fn_ref(*args_ref)
+    for a, e in zip(result, expected):
+        torch.testing.assert_close(a.double(), e.double(), atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_raw_ops_on_garbage_raise_or_match_the_oracle(data):
+    valid = _forward_args(packed=data.draw(st.booleans()), layers=1)
+    valid["dropout_masks"] = None
+    g = lambda name: data.draw(_garbage_tensor(valid[name]), label=name)  # noqa: E731
+    args = dict(valid)
+    args["input"] = g("input")
+    args["hx"] = g("hx")
+    args["weights"] = [data.draw(_garbage_tensor(w), label=f"weights[{i}]")
+                       for i, w in enumerate(valid["weights"])]
+    if valid["batch_sizes"] is not None:
+        args["batch_sizes"] = g("batch_sizes")
+    try:
+        out, h_n, _ = _call_forward(args)
+    except RuntimeError as e:
+        assert "rnnfast" in str(e) or "sequence length" in str(e), f"unclear error: {e}"
+    else:
+        # Accepted: then it was a valid call and the oracle agrees on the same device.
+        tensors = [args["input"], args["hx"], *args["weights"]]
+        assert len({t.device for t in tensors}) == 1, "accepted tensors on mixed devices"
+        assert len({t.dtype for t in tensors}) == 1, "accepted tensors of mixed dtypes"
+        if args["input"].device.type == "cpu":
+            ref_args = [args["input"].double(), args["hx"].double(),
+                        [w.double() for w in args["weights"]], args["batch_sizes"], None,
+                        True, 1, "tanh", False]
+            _oracle_accepts_and_matches(reference.rnn_forward, ref_args, (out, h_n))
+
+    cell = _cell_args()
+    cell_args = {k: (data.draw(_garbage_tensor(v), label=f"cell {k}")
+                     if isinstance(v, torch.Tensor) else v) for k, v in cell.items()}
+    try:
+        h = _call_cell(cell_args)
+    except RuntimeError as e:
+        assert "rnnfast" in str(e), f"unclear error: {e}"
+    else:
+        tensors = [v for v in cell_args.values() if isinstance(v, torch.Tensor)]
+        assert len({t.device for t in tensors}) == 1, "accepted tensors on mixed devices"
+        assert len({t.dtype for t in tensors}) == 1, "accepted tensors of mixed dtypes"
+        if h.device.type == "cpu":
+            ref = [cell_args[k].double() if isinstance(cell_args[k], torch.Tensor)
+                   else cell_args[k] for k in ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")]
+            _oracle_accepts_and_matches(reference.rnn_cell_forward, ref + ["tanh"], (h,))
+
+
+# ---------------------------------------------------------------------------
+# Sizes beyond 32-bit indexing (no memory is allocated)
+# ---------------------------------------------------------------------------
+
+BIG_T, BIG_N, BIG_H = 2**20, 2**12, 2**10  # T*N*H = 2**42 elements
+
+
+def test_fake_kernels_compute_64_bit_shapes():
+    with FakeTensorMode():
+        x = torch.empty(BIG_T, BIG_N, 3)
+        hx = torch.empty(2, BIG_N, BIG_H)
+        w = [torch.empty(BIG_H, 3), torch.empty(BIG_H, BIG_H), torch.empty(BIG_H),
+             torch.empty(BIG_H)] * 2
+        out, h_n, ws = ops.rnn_forward(x, hx, w, None, None, True, 1, "relu", True)
+        assert out.shape == (BIG_T, BIG_N, 2 * BIG_H) and out.numel() == 2**43
+        assert out.stride() == (BIG_N * 2 * BIG_H, 2 * BIG_H, 1)
+        assert h_n.shape == (2, BIG_N, BIG_H) and ws.shape == (0, BIG_T * BIG_N, 2 * BIG_H)
+        gx, ghx, gw = ops._rnn_backward(out, h_n, x, hx, w, None, None, out, ws, True, 1,
+                                        "relu", True)
+        assert gx.shape == x.shape and ghx.shape == hx.shape
+        assert [g.shape for g in gw] == [t.shape for t in w]
+
+        rows = 3 * 2**31  # packed: one sequence per row, more rows than an int32 holds
+        out, h_n, _ = ops.rnn_forward(torch.empty(rows, 3), torch.empty(1, rows, 4),
+                                      [torch.empty(4, 3), torch.empty(4, 4)],
+                                      torch.ones(1, dtype=torch.int64), None, False, 1,
+                                      "tanh", False)
+        assert out.shape == (rows, 4) and h_n.shape == (1, rows, 4)
+
+        h = ops.rnn_cell_forward(torch.empty(2**17, 2**15), torch.empty(2**17, 2**15),
+                                 torch.empty(2**15, 2**15), torch.empty(2**15, 2**15), None,
+                                 None, "tanh")
+        assert h.shape == (2**17, 2**15) and h.numel() == 2**32
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_module_on_meta_device_handles_64_bit_sizes(batch_first):
+    rnn = rnnfast.RNN(3, BIG_H, 2, bidirectional=True, batch_first=batch_first, device="meta")
+    shape = (BIG_N, BIG_T, 3) if batch_first else (BIG_T, BIG_N, 3)
+    x = torch.empty(shape, device="meta", requires_grad=True)
+    out, h_n = rnn(x)
+    expected = (BIG_N, BIG_T, 2 * BIG_H) if batch_first else (BIG_T, BIG_N, 2 * BIG_H)
+    assert out.shape == expected and out.device.type == "meta" and out.numel() > 2**31
+    assert h_n.shape == (4, BIG_N, BIG_H)
+    (out.sum() + h_n.sum()).backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad.shape == p.shape for p in rnn.parameters())
+
+    cell = rnnfast.RNNCell(2**16, 2**16, device="meta")
+    assert cell(torch.empty(2**16, 2**16, device="meta")).shape == (2**16, 2**16)
+
+
+# ---------------------------------------------------------------------------
+# NaN / Inf propagate exactly as in torch.nn
+# ---------------------------------------------------------------------------
+
+
+def _assert_same_nonfinite(actual, expected, what, tol):
+    assert torch.equal(actual.isnan(), expected.isnan()), (
+        f"{what}: NaN at {actual.isnan().nonzero().tolist()}, "
+        f"nn has NaN at {expected.isnan().nonzero().tolist()}")
+    assert torch.equal(actual.isinf(), expected.isinf()), f"{what}: Inf positions differ"
+    assert torch.equal(actual[actual.isinf()], expected[expected.isinf()]), f"{what}: Inf signs"
+    finite = expected.isfinite()
+    torch.testing.assert_close(actual[finite], expected[finite], **tol,
+                               msg=lambda m: f"{what}, finite entries: {m}")
+
+
+POISON = [("input", float("nan")), ("input", float("inf")), ("input", -float("inf")),
+          ("hx", float("nan")), ("hx", float("inf")), ("weight_hh_l0", float("nan")),
+          ("weight_ih_l1", -float("inf")), ("bias_ih_l0", float("inf"))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_nan_and_inf_propagate_like_nn_rnn(nonlinearity, dtype):
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-9)
+    failures = []
+    for bidirectional in (False, True):
+        for where, value in POISON:
+            torch.manual_seed(len(failures))
+            kwargs = dict(num_layers=2, nonlinearity=nonlinearity, bidirectional=bidirectional,
+                          dtype=dtype)
+            ref = nn.RNN(3, 5, **kwargs)
+            new = rnnfast.RNN(3, 5, **kwargs)
+            new.load_state_dict(ref.state_dict())
+            D = 2 if bidirectional else 1
+            x = torch.randn(6, 4, 3, dtype=dtype)
+            hx = torch.randn(2 * D, 4, 5, dtype=dtype)
+            with torch.no_grad():
+                if where == "input":
+                    x[2, 1, 0] = value
+                elif where == "hx":
+                    hx[0, 2, 3] = value
+                else:
+                    for m in (ref, new):
+                        getattr(m, where).view(-1)[1] = value
+            x.requires_grad_()
+            hx.requires_grad_()
+            results = []
+            for m in (ref, new):
+                out, h_n = m(x, hx)
+                grads = torch.autograd.grad((out, h_n), [x, hx, *m.parameters()],
+                                            (torch.ones_like(out), torch.ones_like(h_n)))
+                results.append([out, h_n, *grads])
+            names = ["output", "h_n", "grad input", "grad hx"] + [
+                f"grad {n}" for n, _ in ref.named_parameters()]
+            for name, e, a in zip(names, *results):
+                try:
+                    _assert_same_nonfinite(a, e, name, tol)
+                except AssertionError as err:
+                    failures.append(f"{where}={value} bidirectional={bidirectional}: "
+                                    f"{str(err).splitlines()[0]}")
+    assert not failures, f"{len(failures)} mismatches with nn.RNN:\n" + "\n".join(failures[:12])
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("where", ["input", "hx", "weight_hh"])
+def test_cell_nan_and_inf_propagate_like_nn_rnncell(nonlinearity, where):
+    ref = nn.RNNCell(3, 5, nonlinearity=nonlinearity)
+    new = rnnfast.RNNCell(3, 5, nonlinearity=nonlinearity)
+    new.load_state_dict(ref.state_dict())
+    x, hx = torch.randn(4, 3), torch.randn(4, 5)
+    with torch.no_grad():
+        if where == "input":
+            x[1, 0], x[2, 2] = float("nan"), float("inf")
+        elif where == "hx":
+            hx[1, 0], hx[3, 4] = float("nan"), -float("inf")
+        else:
+            for m in (ref, new):
+                m.weight_hh[2, 1] = float("nan")
+    x.requires_grad_()
+    hx.requires_grad_()
+    results = []
+    for m in (ref, new):
+        h = m(x, hx)
+        results.append([h, *torch.autograd.grad(h, [x, hx, *m.parameters()], torch.ones_like(h))])
+    names = ["h", "grad input", "grad hx", "grad weight_ih", "grad weight_hh", "grad bias_ih",
+             "grad bias_hh"]
+    for name, e, a in zip(names, *results):
+        _assert_same_nonfinite(a, e, name, dict(atol=1e-5, rtol=1e-4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_huge_finite_input_saturates_tanh_without_nan(dtype):
+    """|x| ~ 1e30: tanh saturates to +-1, and every result stays finite and equal to nn.RNN's."""
+    ref = nn.RNN(3, 5, 2, dtype=dtype)
+    new = rnnfast.RNN(3, 5, 2, dtype=dtype)
+    new.load_state_dict(ref.state_dict())
+    x = (torch.randn(6, 4, 3, dtype=dtype) * 1e30).requires_grad_()
+    results = []
+    for m in (ref, new):
+        out, h_n = m(x)
+        results.append([out, h_n, *torch.autograd.grad(out.sum() + h_n.sum(), [x, *m.parameters()])])
+    for e, a in zip(*results):
+        assert a.isfinite().all() == e.isfinite().all()
+        _assert_same_nonfinite(a, e, "saturated", dict(atol=1e-5, rtol=1e-4))
+    assert results[1][0].abs().max() <= 1.0
+    assert not math.isnan(results[1][0].sum().item())
