@@ -22,11 +22,46 @@ _lib = torch.ops.rnnfast
 # ---------------------------------------------------------------------------
 
 
+def _weight_names(num_layers: int, bidirectional: bool, has_biases: bool) -> list[str]:
+    """nn.RNN's names of the flat weights, as the C++ checks print them."""
+    kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if has_biases else [])
+    return [f"{k}_l{layer}{'_reverse' if d else ''}" for layer in range(num_layers)
+            for d in range(2 if bidirectional else 1) for k in kinds]
+
+
+def _check_batch_sizes(op: str, batch_sizes) -> None:
+    if batch_sizes is not None and batch_sizes.device.type != "cpu":
+        raise RuntimeError(
+            f"{op}: batch_sizes must be a 1-D int64 CPU tensor, got a {batch_sizes.dim()}-D "
+            f"{batch_sizes.dtype} tensor on {batch_sizes.device}"
+        )
+
+
+def _check_devices(op: str, input: Tensor, weight_names=None, **named) -> None:
+    """The device checks of the C++ kernels, for the fake kernels too: a call that mixes
+    devices (say cpu tensors and a meta one) dispatches to the fake kernel and must fail
+    there rather than return uninitialised tensors."""
+    for name, value in named.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for i, t in enumerate(items):
+            if isinstance(t, Tensor) and t.device != input.device:
+                label = f"{name}[{i}]" if isinstance(value, (list, tuple)) else name
+                if name == "weights" and weight_names is not None:
+                    label = f"weights[{i}] ({weight_names[i]})"
+                raise RuntimeError(
+                    f"{op}: {label} must be on the device of input ({input.device}), got {t.device}"
+                )
+
+
 @torch.library.register_fake("rnnfast::rnn_forward")
 def _rnn_forward_fake(
     input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers, nonlinearity,
     bidirectional,
 ):
+    _check_batch_sizes("rnnfast.rnn_forward", batch_sizes)
+    _check_devices("rnnfast.rnn_forward", input,
+                   _weight_names(num_layers, bidirectional, has_biases), hx=hx, weights=weights,
+                   dropout_masks=dropout_masks)
     D = 2 if bidirectional else 1
     H = weights[1].shape[0]
     packed = batch_sizes is not None
@@ -49,6 +84,12 @@ def _rnn_backward_fake(
     grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, workspace,
     has_biases, num_layers, nonlinearity, bidirectional,
 ):
+    _check_batch_sizes("rnnfast._rnn_backward", batch_sizes)
+    _check_devices("rnnfast._rnn_backward", input,
+                   _weight_names(num_layers, bidirectional, has_biases),
+                   grad_output=grad_output, grad_h_n=grad_h_n,
+                   hx=hx, weights=weights, dropout_masks=dropout_masks, output=output,
+                   workspace=workspace)
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
         torch.empty_like(hx, memory_format=torch.contiguous_format),
@@ -58,11 +99,15 @@ def _rnn_backward_fake(
 
 @torch.library.register_fake("rnnfast::rnn_cell_forward")
 def _rnn_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    _check_devices("rnnfast.rnn_cell_forward", input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                   b_hh=b_hh)
     return input.new_empty(input.shape[0], w_hh.shape[0])
 
 
 @torch.library.register_fake("rnnfast::_rnn_cell_backward")
 def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinearity):
+    _check_devices("rnnfast._rnn_cell_backward", input, grad_h=grad_h, hx=hx, w_ih=w_ih,
+                   w_hh=w_hh, h=h)
     H = w_hh.shape[0]
     return (
         input.new_empty(input.shape),

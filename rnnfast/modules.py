@@ -18,14 +18,18 @@ from . import functional as F_rnn
 __all__ = ["RNN", "RNNCell"]
 
 
+_ATEN_DTYPE_NAMES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+    torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.int16: "Short",
+    torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool",
+    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+    torch.complex32: "ComplexHalf",
+}
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     # ATen's ScalarType names, as they appear in torch's own matmul error messages.
-    return {
-        torch.float32: "Float",
-        torch.float64: "Double",
-        torch.float16: "Half",
-        torch.bfloat16: "BFloat16",
-    }.get(dtype, str(dtype).replace("torch.", "").capitalize())
+    return _ATEN_DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
 class RNN(nn.RNNBase):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -202,8 +201,9 @@ def _run_rnn(module, case, x_base, hx_base, x_view, hx_view, cotangents):
     hx = hx_view(hx_base) if hx_base is not None else None
     output, h_n = module(x, hx) if hx is not None else module(x)
     out_data = output.data if isinstance(output, PackedSequence) else output
-    wrt = [t for t in [x_base, hx_base, *module.parameters()]
-           if t is not None and t.requires_grad]
+    named = [("input", x_base), ("hx", hx_base), *module.named_parameters()]
+    names = [n for n, t in named if t is not None and t.requires_grad]
+    wrt = [t for n, t in named if t is not None and t.requires_grad]
     outs, cots = [], []
     if case.target in ("output", "both"):
         outs.append(out_data)
@@ -213,10 +213,10 @@ def _run_rnn(module, case, x_base, hx_base, x_view, hx_view, cotangents):
         cots.append(cotangents[1].to(h_n))
     if not wrt:
         assert not out_data.requires_grad and not h_n.requires_grad
-        return (out_data, h_n), []
+        return (out_data, h_n), {}
     grads = torch.autograd.grad(outs, wrt, cots, allow_unused=True)
-    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
-    return (out_data, h_n), grads
+    return (out_data, h_n), {n: torch.zeros_like(w) if g is None else g
+                             for n, g, w in zip(names, grads, wrt)}
 
 
 @FUZZ
@@ -244,7 +244,7 @@ def test_rnn_matches_nn_rnn(case, device):
         x_shape, x_expand_dim = (case.T, case.I), 0
         hx_shape, hx_expand_dim = (case.num_layers * D, case.H), 0
     if case.packed and case.x_layout == "expanded":
-        x_expand_dim = 1 - x_expand_dim  # expand over time: padding stays in the batch dim
+        x_expand_dim = 1 - x_expand_dim  # packed: all steps equal, sequences differ
     x_leaf_shape, x_view = _layout(x_shape, case.x_layout, x_expand_dim)
     hx_leaf_shape, hx_view = _layout(hx_shape, case.hx_layout, hx_expand_dim)
     x_base = _leaf(x_leaf_shape, case.dtype, gen, case.x_grad, device)
@@ -271,10 +271,10 @@ def test_rnn_matches_nn_rnn(case, device):
     assert out.device.type == torch.device(device).type
     _assert_close(out, out_ref, case.dtype, "output")
     _assert_close(h_n, h_n_ref, case.dtype, "h_n")
-    assert len(grads) == len(grads_ref)
-    for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
-        assert g.dtype == case.dtype, f"gradient {i}: dtype {g.dtype}"
-        _assert_close(g, g_ref, case.dtype, f"gradient {i} (of the leaves needing grad)")
+    assert grads.keys() == grads_ref.keys()
+    for name, g in grads.items():
+        assert g.dtype == case.dtype, f"grad {name}: dtype {g.dtype}"
+        _assert_close(g, grads_ref[name], case.dtype, f"grad {name}")
 
 
 # ---------------------------------------------------------------------------
@@ -455,13 +455,13 @@ def test_cell_matches_nn_rnncell(case, device):
     def run(module, x_base, hx_base, cot):
         h = module(x_view(x_base), hx_view(hx_base)) if hx_base is not None \
             else module(x_view(x_base))
-        wrt = [t for t in [x_base, hx_base, *module.parameters()]
-               if t is not None and t.requires_grad]
-        if not wrt:
+        named = [("input", x_base), ("hx", hx_base), *module.named_parameters()]
+        named = [(n, t) for n, t in named if t is not None and t.requires_grad]
+        if not named:
             assert not h.requires_grad
-            return h, []
-        grads = torch.autograd.grad([h], wrt, [cot.to(h)], allow_unused=True)
-        return h, [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt)]
+            return h, {}
+        grads = torch.autograd.grad([h], [t for _, t in named], [cot.to(h)], allow_unused=True)
+        return h, {n: torch.zeros_like(t) if g is None else g for (n, t), g in zip(named, grads)}
 
     h, grads = run(new, x_base, hx_base, cot.to(device))
     h_ref, grads_ref = run(
@@ -470,6 +470,7 @@ def test_cell_matches_nn_rnncell(case, device):
         if hx_base is not None else None, cot)
     assert h.dtype == case.dtype
     _assert_close(h, h_ref, case.dtype, "h")
-    assert len(grads) == len(grads_ref)
-    for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
-        _assert_close(g, g_ref, case.dtype, f"gradient {i} (of the leaves needing grad)")
+    assert grads.keys() == grads_ref.keys()
+    for name, g in grads.items():
+        assert g.dtype == case.dtype, f"grad {name}: dtype {g.dtype}"
+        _assert_close(g, grads_ref[name], case.dtype, f"grad {name}")

@@ -188,6 +188,20 @@ def test_double_backward_with_train_dropout_matches_nn_rnn(p, device):
     assert_all_close(s_new, s_ref, DT, names)
 
 
+def test_gradient_penalty_backward_matches_nn_rnn(device):
+    """The common double-backward pattern: grad(create_graph=True), then .backward() of a
+    penalty on it, accumulates nn.RNN's parameter gradients."""
+    ref, new = make_pair(3, 4, 2, seed=12, bidirectional=True, device=device)
+    x = randn(5, 2, 3, device=device).requires_grad_()
+    for m in (ref, new):
+        out, h_n = m(x)
+        (g,) = torch.autograd.grad(out.sum() + h_n.sum(), [x], create_graph=True)
+        g.square().sum().backward()
+    names = [n for n, _ in new.named_parameters()]
+    assert_all_close([p.grad for p in new.parameters()], [p.grad for p in ref.parameters()],
+                     DT, names)
+
+
 def test_third_order_is_refused_with_a_clear_error(device):
     """Orders above two are not supported and say so (instead of returning wrong values)."""
     m = rnnfast.RNN(2, 3, device=device, dtype=DT)

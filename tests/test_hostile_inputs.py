@@ -16,11 +16,15 @@ a hang or a silently wrong answer; NaN/Inf propagate exactly as in torch.nn.
 * 64-bit sizes: shapes with more than 2**31 elements go through the fake kernels
   (FakeTensorMode) and the module on the meta device with exact shapes and strides.
 * NaN / Inf in input, hx or a weight: output, h_n and every gradient have NaN and Inf
-  at exactly the positions nn.RNN has them, and equal finite values elsewhere.
+  at exactly the positions nn.RNN has them, and equal finite values elsewhere. (For
+  relu this includes torch's derivative at a NaN output: relu's backward is
+  threshold_backward, `grad if not (y <= 0) else 0`, so the gradient passes through
+  where y is NaN.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -130,7 +134,7 @@ def _cell(**kwargs):
 
 CELL_CASES = [
     ("input-3d", _cell, lambda m: m(X(1, 3, 4)), ValueError, "1D or 2D"),
-    ("input-0d", _cell, lambda m: m(X()), ValueError, "1D or 2D"),
+    ("input-0d", _cell, lambda m: m(X(())), ValueError, "1D or 2D"),
     ("hx-3d", _cell, lambda m: m(X(3, 4), X(1, 3, 6)), ValueError, "1D or 2D"),
     ("input-features", _cell, lambda m: m(X(3, 5)), RuntimeError, "input_size"),
     ("hx-batch", _cell, lambda m: m(X(3, 4), X(2, 6)), RuntimeError, "batch size"),
@@ -349,7 +353,7 @@ OP_CASES = [
      _set_arg("input", lambda t: t.long()), "input"),
     ("bwd-hx-shape", _backward_args, _call_backward, _set_arg("hx", lambda t: t[:, 1:]), "hx"),
     ("bwd-batch_sizes-sum", lambda: _backward_args(True), _call_backward,
-     _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 3])), "batch_sizes"),
+     _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 2])), "batch_sizes"),
     ("bwd-nonlinearity", _backward_args, _call_backward,
      _set_arg("nonlinearity", lambda s: "sigmoid"), "nonlinearity"),
     # rnn_cell_forward
@@ -418,70 +422,100 @@ _GARBAGE_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, 
                    torch.int32, torch.bool, torch.complex64]
 
 
-@st.composite
-def _garbage_tensor(draw, valid):
-    if draw(st.booleans()):
+@dataclasses.dataclass(frozen=True)
+class Garbage:
+    """How to replace a valid tensor argument (None = keep the valid one)."""
+    shape: tuple
+    dtype: torch.dtype
+    transposed: bool
+    meta: bool
+
+
+_garbage = st.one_of(
+    st.none(),
+    st.builds(Garbage, shape=st.lists(st.integers(0, 4), max_size=4).map(tuple),
+              dtype=st.sampled_from(_GARBAGE_DTYPES), transposed=st.booleans(),
+              meta=st.integers(0, 5).map(lambda k: k == 0)),
+)
+
+
+def _garbage_tensor(data, valid, label):
+    spec = data.draw(_garbage, label=label)
+    if spec is None:
         return valid
-    shape = draw(st.lists(st.integers(0, 4), min_size=0, max_size=4))
-    dtype = draw(st.sampled_from(_GARBAGE_DTYPES))
-    t = torch.randn(shape).to(dtype) if dtype != torch.bool else torch.randn(shape) > 0
-    if draw(st.booleans()) and t.dim() >= 2:
+    t = torch.randn(spec.shape)
+    t = t > 0 if spec.dtype == torch.bool else t.to(spec.dtype)
+    if spec.transposed and t.dim() >= 2:
         t = t.transpose(0, 1)
-    if draw(st.integers(0, 5)) == 0:
-        t = t.to("meta")
-    return t
+    return t.to("meta") if spec.meta else t
 
 
 def _oracle_accepts_and_matches(fn_ref, args_ref, result):
     """The reference on float64 copies must succeed and agree with the op's result."""
     expected = fn_ref(*args_ref)
+    expected = (expected,) if isinstance(expected, torch.Tensor) else expected
+    assert len(result) == len(expected)
     for a, e in zip(result, expected):
         torch.testing.assert_close(a.double(), e.double(), atol=1e-4, rtol=1e-4)
+
+
+def _materialize(value):
+    """A CPU tensor with the metadata of a meta tensor (random values)."""
+    if isinstance(value, (list, tuple)):
+        return [_materialize(v) for v in value]
+    if not isinstance(value, torch.Tensor) or value.device.type != "meta":
+        return value
+    t = torch.randn(value.shape)
+    return t > 0 if value.dtype == torch.bool else t.to(value.dtype)
+
+
+def _check_accepted(call, args, result, ref_fn, ref_args):
+    """An accepted call was a valid call: one device, one dtype, and either the float64
+    oracle agrees (cpu) or, on the meta device, the real kernel accepts the same shapes
+    and returns the same shapes (the fake kernel validates as the real one does)."""
+    result = (result,) if isinstance(result, torch.Tensor) else result
+    tensors = [t for t in torch.utils._pytree.tree_leaves(
+        [args[k] for k in args if k != "batch_sizes"]) if isinstance(t, torch.Tensor)]
+    assert len({t.device for t in tensors}) == 1, "accepted tensors on mixed devices"
+    assert len({t.dtype for t in tensors}) == 1, "accepted tensors of mixed dtypes"
+    if tensors[0].device.type == "meta":
+        real = call({k: _materialize(v) for k, v in args.items()})  # must not raise
+        real = (real,) if isinstance(real, torch.Tensor) else real
+        assert [tuple(t.shape) for t in result] == [tuple(t.shape) for t in real][:len(result)]
+    else:
+        _oracle_accepts_and_matches(ref_fn, ref_args(), result)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_raw_ops_on_garbage_raise_or_match_the_oracle(data):
-    valid = _forward_args(packed=data.draw(st.booleans()), layers=1)
+    valid = _forward_args(packed=data.draw(st.booleans(), label="packed"), layers=1)
     valid["dropout_masks"] = None
-    g = lambda name: data.draw(_garbage_tensor(valid[name]), label=name)  # noqa: E731
     args = dict(valid)
-    args["input"] = g("input")
-    args["hx"] = g("hx")
-    args["weights"] = [data.draw(_garbage_tensor(w), label=f"weights[{i}]")
+    for name in ("input", "hx") + (("batch_sizes",) if valid["batch_sizes"] is not None else ()):
+        args[name] = _garbage_tensor(data, valid[name], name)
+    args["weights"] = [_garbage_tensor(data, w, f"weights[{i}]")
                        for i, w in enumerate(valid["weights"])]
-    if valid["batch_sizes"] is not None:
-        args["batch_sizes"] = g("batch_sizes")
     try:
         out, h_n, _ = _call_forward(args)
     except RuntimeError as e:
         assert "rnnfast" in str(e) or "sequence length" in str(e), f"unclear error: {e}"
     else:
-        # Accepted: then it was a valid call and the oracle agrees on the same device.
-        tensors = [args["input"], args["hx"], *args["weights"]]
-        assert len({t.device for t in tensors}) == 1, "accepted tensors on mixed devices"
-        assert len({t.dtype for t in tensors}) == 1, "accepted tensors of mixed dtypes"
-        if args["input"].device.type == "cpu":
-            ref_args = [args["input"].double(), args["hx"].double(),
-                        [w.double() for w in args["weights"]], args["batch_sizes"], None,
-                        True, 1, "tanh", False]
-            _oracle_accepts_and_matches(reference.rnn_forward, ref_args, (out, h_n))
+        _check_accepted(_call_forward, args, (out, h_n), reference.rnn_forward, lambda: [
+            args["input"].double(), args["hx"].double(), [w.double() for w in args["weights"]],
+            args["batch_sizes"], None, True, 1, "tanh", False])
 
     cell = _cell_args()
-    cell_args = {k: (data.draw(_garbage_tensor(v), label=f"cell {k}")
-                     if isinstance(v, torch.Tensor) else v) for k, v in cell.items()}
+    cell_args = {k: (_garbage_tensor(data, v, f"cell {k}") if isinstance(v, torch.Tensor) else v)
+                 for k, v in cell.items()}
     try:
         h = _call_cell(cell_args)
     except RuntimeError as e:
         assert "rnnfast" in str(e), f"unclear error: {e}"
     else:
-        tensors = [v for v in cell_args.values() if isinstance(v, torch.Tensor)]
-        assert len({t.device for t in tensors}) == 1, "accepted tensors on mixed devices"
-        assert len({t.dtype for t in tensors}) == 1, "accepted tensors of mixed dtypes"
-        if h.device.type == "cpu":
-            ref = [cell_args[k].double() if isinstance(cell_args[k], torch.Tensor)
-                   else cell_args[k] for k in ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")]
-            _oracle_accepts_and_matches(reference.rnn_cell_forward, ref + ["tanh"], (h,))
+        _check_accepted(_call_cell, cell_args, h, reference.rnn_cell_forward, lambda: [
+            cell_args[k].double() if isinstance(cell_args[k], torch.Tensor) else cell_args[k]
+            for k in ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")] + ["tanh"])
 
 
 # ---------------------------------------------------------------------------

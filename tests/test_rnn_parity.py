@@ -21,7 +21,6 @@ from torch.nn.utils.rnn import PackedSequence, pack_sequence
 import rnnfast
 from helpers import (
     GRAD_TARGETS,
-    TOL,
     assert_all_close,
     assert_close,
     forward_backward,
@@ -474,6 +473,37 @@ def test_train_dropout_matches_nn_rnn_under_same_seed(p, bidirectional, dtype, d
         assert not torch.equal(out_again, out_n)
     else:
         assert torch.equal(out_again, out_n)
+
+
+@pytest.mark.parametrize("p", [0.276, 1.0])
+def test_train_dropout_packed_and_zero_batch_match_nn_rnn(p, device):
+    """Same seed, same dropout for unsorted packed input and for N=0 (RNG state included)."""
+    ref, new = make_pair(3, 4, 3, seed=22, dropout=p, bidirectional=True, device=device)
+    seqs = [randn(n, 3, device=device) for n in (2, 5, 1, 4)]
+    packed = pack_sequence(seqs, enforce_sorted=False)
+    packed = PackedSequence(packed.data.requires_grad_(), packed.batch_sizes,
+                            packed.sorted_indices, packed.unsorted_indices)
+    hx = _hx(new, 4, torch.float64, device)
+    cot = loss_weights(packed.data.new_empty(packed.data.shape[0], 8), hx, "both")
+    results = []
+    for m in (ref, new):
+        torch.manual_seed(77)
+        results.append(forward_backward(m, packed, hx, cot))
+        results[-1] += (torch.get_rng_state(),)
+    (out_r, hn_r, g_r, s_r), (out_n, hn_n, g_n, s_n) = results
+    assert torch.equal(s_r, s_n)
+    assert_close(out_n, out_r, torch.float64, "output")
+    assert_close(hn_n, hn_r, torch.float64, "h_n")
+    assert_all_close(g_n, g_r, torch.float64, grad_names(new))
+
+    empty = _input(new, 5, 0, torch.float64, device)
+    states = []
+    for m in (ref, new):
+        torch.manual_seed(78)
+        out, h_n = m(empty)
+        states.append(torch.get_rng_state())
+        assert out.shape == (5, 0, 8) and h_n.shape == (6, 0, 4)
+    assert torch.equal(*states)
 
 
 @pytest.mark.parametrize("p", [0.276, 0.731, 1.0])

@@ -87,7 +87,7 @@ void bias_act_rows(Activation act, int64_t nrows, int64_t H, const T* bias, cons
   });
 }
 
-// dz[r, :] *= act'(h[r, :]) for r < nrows.
+// dz[r, :] = dz[r, :] * act'(h[r, :]) for r < nrows (a select for relu, as in torch).
 template <typename T>
 void mul_act_grad_rows(Activation act, int64_t nrows, int64_t H, T* dz, int64_t ldz, const T* h,
                        int64_t ldh) {
@@ -100,12 +100,12 @@ void mul_act_grad_rows(Activation act, int64_t nrows, int64_t H, T* dz, int64_t 
       int64_t j = 0;
       for (; j + Vec::size() <= H; j += Vec::size()) {
         Vec hv = Vec::loadu(hr + j);
-        Vec g = act == Activation::Tanh
-                    ? Vec(T(1)) - hv * hv
-                    : Vec::blendv(Vec(T(0)), Vec(T(1)), hv > Vec(T(0)));
-        (Vec::loadu(dzr + j) * g).store(dzr + j);
+        Vec dv = Vec::loadu(dzr + j);
+        Vec out = act == Activation::Tanh ? dv * (Vec(T(1)) - hv * hv)
+                                          : Vec::blendv(Vec(T(0)), dv, hv > Vec(T(0)));
+        out.store(dzr + j);
       }
-      for (; j < H; ++j) dzr[j] *= activation_grad_from_output<T>(act, hr[j]);
+      for (; j < H; ++j) dzr[j] = apply_activation_grad<T>(act, dzr[j], hr[j]);
     }
   });
 }
@@ -736,6 +736,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
   const char* op = "rnnfast._rnn_cell_backward";
   const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt,
                                       nonlinearity);
+  TORCH_CHECK(grad_h.sizes().equals({s.N, s.H}) && grad_h.scalar_type() == input.scalar_type(),
+              op, ": grad_h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ",
+              s.H, "], got ", grad_h.scalar_type(), " ", grad_h.sizes());
+  TORCH_CHECK(h.sizes().equals({s.N, s.H}) && h.scalar_type() == input.scalar_type(), op,
+              ": h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ", s.H,
+              "], got ", h.scalar_type(), " ", h.sizes());
   if (is_reduced(input)) {
     const auto dt = input.scalar_type();
     auto [gx, ghx, gwi, gwh, gb] =
@@ -744,12 +750,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
     return {gx.to(dt), ghx.to(dt), gwi.to(dt), gwh.to(dt), gb.to(dt)};
   }
   check_cpu_dtype(op, input);
-  TORCH_CHECK(grad_h.sizes().equals({s.N, s.H}) && grad_h.scalar_type() == input.scalar_type(),
-              op, ": grad_h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ",
-              s.H, "], got ", grad_h.scalar_type(), " ", grad_h.sizes());
-  TORCH_CHECK(h.sizes().equals({s.N, s.H}) && h.scalar_type() == input.scalar_type(), op,
-              ": h must be a ", input.scalar_type(), " tensor of shape [", s.N, ", ", s.H,
-              "], got ", h.scalar_type(), " ", h.sizes());
   at::Tensor dz = grad_h.clone(at::MemoryFormat::Contiguous);
   at::Tensor gx = at::empty({s.N, s.I}, input.options());
   at::Tensor ghx = at::empty({s.N, s.H}, input.options());

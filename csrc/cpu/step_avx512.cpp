@@ -69,10 +69,11 @@ RNNFAST_AVX512 void block(int64_t K, const float* A, int64_t lda, int64_t aks, c
         out = act == Activation::Tanh ? Sleef_tanhf16_u10avx512f(z) : _mm512_max_ps(zero, z);
       } else if constexpr (E == Epilogue::ActGrad) {
         const __m512 y = _mm512_maskz_loadu_ps(m, Y + r * ldy + v * kVec);
-        const __m512 g = act == Activation::Tanh
-                             ? _mm512_fnmadd_ps(y, y, one)
-                             : _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), one);
-        out = _mm512_mul_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + v * kVec), acc[r][v]), g);
+        const __m512 d = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + v * kVec), acc[r][v]);
+        // relu: a select, so a NaN/inf gradient where y <= 0 becomes 0 as in torch.
+        out = act == Activation::Tanh
+                  ? _mm512_mul_ps(d, _mm512_fnmadd_ps(y, y, one))
+                  : _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), d);
       } else if constexpr (E == Epilogue::Accumulate) {
         out = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + v * kVec), acc[r][v]);
       } else {

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kBlockCols* kBlockRows)
     acc_t g = to_acc(p.grad[j * p.ld_grad + c]);
     if (p.grad_h_n != nullptr && j >= p.ghn_start) g += to_acc(p.grad_h_n[j * p.ld_grad_h_n + c]);
     const acc_t h = to_acc(p.h[j * p.ld_h + c]);
-    p.dz[j * p.ld_dz + c] = from_acc<T>(g * activation_grad_from_output<acc_t>(A, h));
+    p.dz[j * p.ld_dz + c] = from_acc<T>(apply_activation_grad<acc_t>(A, g, h));
     if (p.h_prev != nullptr) {
       const T* src = j < p.prev_split ? p.prev_a + j * p.ld_prev_a : p.prev_b + j * p.ld_prev_b;
       p.h_prev[j * p.ld_h_prev + c] = src[c];

@@ -29,4 +29,12 @@ RNNFAST_HOST_DEVICE T activation_grad_from_output(Activation act, T h) {
   return h > T(0) ? T(1) : T(0);
 }
 
+// grad * act'(z) given h = act(z), as torch computes it: for relu a select (a NaN or
+// infinite gradient where h <= 0 gives 0, as in threshold_backward), not a product.
+template <typename T>
+RNNFAST_HOST_DEVICE T apply_activation_grad(Activation act, T grad, T h) {
+  if (act == Activation::Tanh) return grad * (T(1) - h * h);
+  return h > T(0) ? grad : T(0);
+}
+
 }  // namespace rnnfast

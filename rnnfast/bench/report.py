@@ -126,7 +126,7 @@ def _gflops_lines(doc: dict) -> list[str]:
         m, k, n = g["mm_same_flops_shape"]
         b, h, _ = g["mm_recurrent_step_shape"]
         lines.append(f"GFLOP/s on the largest config ({g['label']}, {g['dtype']}; "
-                     f"forward = {g['forward_gflop']:.3f} GFLOP, fwd+bwd ~ 3x):")
+                     f"forward = {g['forward_gflop']:.4g} GFLOP, fwd+bwd ~ 3x):")
         rows = [("rnnfast fwd", gf["rnnfast_fwd"], f"{100 * g['fwd_fraction_of_mm']:.0f}% of torch.mm")]
         if "rnnfast_fwdbwd" in gf:
             rows.append(("rnnfast fwd+bwd", gf["rnnfast_fwdbwd"],
@@ -146,8 +146,19 @@ def _gflops_lines(doc: dict) -> list[str]:
     return lines
 
 
+NOISY = 0.15  # median row noise above which the summary warns
+
+
 def format_summary(doc: dict) -> str:
     lines = _geomean_lines(doc) + _gflops_lines(doc)
+    noise = doc.get("median_noise")
+    if noise is not None and noise > NOISY:
+        m = doc["machine"]
+        lines.append(
+            f"warning: noisy timings (median row noise ±{100 * noise:.0f}%, load average "
+            f"{m.get('loadavg_start')} -> {m.get('loadavg')} on {m['cpu_count']} CPUs). "
+            "Interleaving keeps the ratios fair, but re-run on a quiet machine for "
+            "numbers to publish.")
     bad = [r for r in doc["results"] if r["status"] in ("FAILED", "ERROR")]
     if bad:
         lines.append(f"{len(bad)} row(s) FAILED or ERROR; no speed is reported for them:")
@@ -193,7 +204,7 @@ def write_markdown(doc: dict, out_dir: str, plot_name: str | None) -> str:
         f"| GPU | {gpu.get('name', '-')} {('(sm ' + gpu['capability'] + ')') if gpu else ''} |",
         f"| torch / CUDA / cuDNN | {m['torch']} / {m['torch_cuda']} / {m['cudnn']} |",
         f"| TF32 (cuda.matmul / cudnn) | {tf32.get('cuda_matmul_allow_tf32')} / {tf32.get('cudnn_allow_tf32')} |",
-        f"| load average at end | {m.get('loadavg', '-')} |",
+        f"| load average (start -> end) | {m.get('loadavg_start', '-')} -> {m.get('loadavg', '-')} |",
         f"| git commit | {m.get('git_commit')} |",
         f"| date (UTC) | {m['timestamp']} |",
         "",

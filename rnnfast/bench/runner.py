@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import math
+import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +96,7 @@ def _fwd_part_ok(check: CheckResult) -> bool:
 
 def _gflops_section(
     cfg: Config, dtype_name: str, device: torch.device, modes: list[str], st: Settings,
-    rows: list[dict], log: Callable[[str], None],
+    rows: list[dict],
 ) -> dict:
     """GFLOP/s of rnnfast on cfg next to torch.mm, interleaved in the same repeats.
 
@@ -168,6 +170,7 @@ def run_benchmarks(
     modes = [m for m in ("fwd", "fwdbwd") if m in modes]
     rows: list[dict] = []
     t0 = time.perf_counter()
+    load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     unsupported: dict[str, str] = {}
     with make_progress(len(configs) * len(dtypes) * len(modes), progress) as bar:
         say = log or bar.log
@@ -245,7 +248,7 @@ def run_benchmarks(
                 big = max(ok_cfgs, key=lambda c: (c.flops(), c.tokens))
                 bar.describe(f"GFLOP/s vs torch.mm: {big.label} {dtype_name}")
                 try:
-                    gflops.append(_gflops_section(big, dtype_name, device, modes, st, rows, say))
+                    gflops.append(_gflops_section(big, dtype_name, device, modes, st, rows))
                 except Exception as e:  # noqa: BLE001
                     say(f"GFLOP/s measurement failed: {type(e).__name__}: {e}")
                 _release(device)
@@ -259,6 +262,9 @@ def run_benchmarks(
                 "dtype": dtype_name, "mode": mode, "geomean_speedup": geomean(sp), "n": len(sp),
             }
     counts = {s: sum(r["status"] == s for r in rows) for s in (OK, FAILED, ERROR, UNSUPPORTED)}
+    noise = [r["noise"] for r in rows if r["status"] == OK and math.isfinite(r.get("noise", math.nan))]
+    machine = machine_info(device)
+    machine["loadavg_start"] = load_start
     return {
         "schema": SCHEMA,
         "set": set_name,
@@ -267,7 +273,8 @@ def run_benchmarks(
         "dtypes": list(dtypes),
         "modes": modes,
         "settings": st.as_dict(),
-        "machine": machine_info(device),
+        "machine": machine,
+        "median_noise": statistics.median(noise) if noise else None,
         "results": rows,
         "geomean": summary,
         "gflops": gflops,
