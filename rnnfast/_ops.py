@@ -53,26 +53,98 @@ def _check_devices(op: str, input: Tensor, weight_names=None, **named) -> None:
                 )
 
 
+def _fail(op: str, msg: str) -> None:
+    raise RuntimeError(f"{op}: {msg}")
+
+
+def _check_like(op: str, name: str, t, input: Tensor, shape) -> None:
+    """Mirror of the C++ boundary checks (csrc/rnn_args.cpp): dtype, device, shape."""
+    if not isinstance(t, Tensor):
+        _fail(op, f"{name} must be a tensor")
+    if t.dtype != input.dtype:
+        _fail(op, f"{name} must have the dtype of input ({input.dtype}), got {t.dtype}")
+    if t.device != input.device:
+        _fail(op, f"{name} must be on the device of input ({input.device}), got {t.device}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        _fail(op, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+
+
+def _validate_rnn(op, input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers,
+                  nonlinearity, bidirectional):
+    """The checks of check_rnn_args, for the fake (meta) kernels: a call on meta tensors
+    must reject what the real kernels reject. Returns (D, H, N, rows)."""
+    if nonlinearity not in ("tanh", "relu"):
+        _fail("rnnfast", f"nonlinearity must be 'tanh' or 'relu', got '{nonlinearity}'")
+    if num_layers < 1:
+        _fail(op, f"num_layers must be >= 1, got {num_layers}")
+    if not input.is_floating_point():
+        _fail(op, "input must be a floating-point tensor (float16, bfloat16, float32 or "
+                  f"float64), got {input.dtype}")
+    packed = batch_sizes is not None
+    if input.dim() != (2 if packed else 3):
+        _fail(op, f"input must be {'2-D (sum of lengths, H_in)' if packed else '3-D (L, N, H_in)'}"
+                  f", got {input.dim()}-D tensor of shape {list(input.shape)}")
+    D = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    if len(weights) != num_layers * D * per:
+        _fail(op, f"expected {num_layers * D * per} weight tensors for num_layers={num_layers}, "
+                  f"bidirectional={bidirectional}, has_biases={has_biases}, got {len(weights)}")
+    if weights[1].dim() != 2:
+        _fail(op, f"weights[1] (weight_hh_l0) must be a 2-D tensor (H, H), got {list(weights[1].shape)}")
+    H = weights[1].shape[0]
+    if packed:
+        _check_batch_sizes(op, batch_sizes)
+        if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64:
+            _fail(op, "batch_sizes must be a 1-D int64 CPU tensor")
+        N, rows = hx.shape[1] if hx.dim() == 3 else -1, input.shape[0]
+    else:
+        torch._check(input.shape[0] > 0, lambda: "Expected sequence length to be larger than 0 in RNN")
+        N, rows = input.shape[1], input.shape[0] * input.shape[1]
+    _check_like(op, "hx", hx, input, (num_layers * D, N, H) if N >= 0 else None)
+    names = _weight_names(num_layers, bidirectional, has_biases)
+    for i, w in enumerate(weights):
+        layer, k = i // (D * per), i % per
+        in_size = input.shape[-1] if layer == 0 else D * H
+        shape = [(H, in_size), (H, H), (H,), (H,)][k]
+        _check_like(op, f"weights[{i}] ({names[i]})", w, input, shape)
+    if dropout_masks is not None:
+        _check_like(op, "dropout_masks", dropout_masks, input, (num_layers - 1, rows, D * H))
+    return D, H, N, rows
+
+
+def _validate_cell(op, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        _fail("rnnfast", f"nonlinearity must be 'tanh' or 'relu', got '{nonlinearity}'")
+    if not input.is_floating_point():
+        _fail(op, f"input must be a floating-point tensor, got {input.dtype}")
+    if input.dim() != 2:
+        _fail(op, f"input must be 2-D (N, H_in), got {input.dim()}-D tensor of shape {list(input.shape)}")
+    if w_hh.dim() != 2:
+        _fail(op, "w_hh must be a 2-D tensor (H, H)")
+    N, I, H = input.shape[0], input.shape[1], w_hh.shape[0]
+    _check_like(op, "hx", hx, input, (N, H))
+    _check_like(op, "w_ih", w_ih, input, (H, I))
+    _check_like(op, "w_hh", w_hh, input, (H, H))
+    if (b_ih is None) != (b_hh is None):
+        _fail(op, "b_ih and b_hh must both be given or both be None")
+    if b_ih is not None:
+        _check_like(op, "b_ih", b_ih, input, (H,))
+        _check_like(op, "b_hh", b_hh, input, (H,))
+    return N, I, H
+
+
 @torch.library.register_fake("rnnfast::rnn_forward")
 def _rnn_forward_fake(
     input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers, nonlinearity,
     bidirectional,
 ):
-    _check_batch_sizes("rnnfast.rnn_forward", batch_sizes)
-    _check_devices("rnnfast.rnn_forward", input,
-                   _weight_names(num_layers, bidirectional, has_biases), hx=hx, weights=weights,
-                   dropout_masks=dropout_masks)
-    D = 2 if bidirectional else 1
-    H = weights[1].shape[0]
-    packed = batch_sizes is not None
-    torch._check(input.dim() == (2 if packed else 3), lambda: "rnnfast.rnn_forward: bad input rank")
+    D, H, N, rows = _validate_rnn("rnnfast.rnn_forward", input, hx, weights, batch_sizes,
+                                  dropout_masks, has_biases, num_layers, nonlinearity,
+                                  bidirectional)
     N = hx.shape[1]
-    if packed:
-        rows = input.shape[0]
+    if batch_sizes is not None:
         output = input.new_empty(rows, D * H)
     else:
-        torch._check(input.shape[0] > 0, lambda: "Expected sequence length to be larger than 0 in RNN")
-        rows = input.shape[0] * input.shape[1]
         output = input.new_empty(input.shape[0], input.shape[1], D * H)
     h_n = input.new_empty(num_layers * D, N, H)
     workspace = input.new_empty(num_layers - 1, rows, D * H)
@@ -84,8 +156,17 @@ def _rnn_backward_fake(
     grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, workspace,
     has_biases, num_layers, nonlinearity, bidirectional,
 ):
-    _check_batch_sizes("rnnfast._rnn_backward", batch_sizes)
-    _check_devices("rnnfast._rnn_backward", input,
+    op = "rnnfast._rnn_backward"
+    D, H, N, rows = _validate_rnn(op, input, hx, weights, batch_sizes, dropout_masks,
+                                  has_biases, num_layers, nonlinearity, bidirectional)
+    out_shape = (rows, D * H) if batch_sizes is not None else (input.shape[0], input.shape[1], D * H)
+    _check_like(op, "output", output, input, out_shape)
+    _check_like(op, "workspace", workspace, input, (num_layers - 1, rows, D * H))
+    if grad_output is not None:
+        _check_like(op, "grad_output", grad_output, input, out_shape)
+    if grad_h_n is not None:
+        _check_like(op, "grad_h_n", grad_h_n, input, tuple(hx.shape))
+    _check_devices(op, input,
                    _weight_names(num_layers, bidirectional, has_biases),
                    grad_output=grad_output, grad_h_n=grad_h_n,
                    hx=hx, weights=weights, dropout_masks=dropout_masks, output=output,
@@ -99,15 +180,16 @@ def _rnn_backward_fake(
 
 @torch.library.register_fake("rnnfast::rnn_cell_forward")
 def _rnn_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
-    _check_devices("rnnfast.rnn_cell_forward", input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                   b_hh=b_hh)
+    _validate_cell("rnnfast.rnn_cell_forward", input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     return input.new_empty(input.shape[0], w_hh.shape[0])
 
 
 @torch.library.register_fake("rnnfast::_rnn_cell_backward")
 def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinearity):
-    _check_devices("rnnfast._rnn_cell_backward", input, grad_h=grad_h, hx=hx, w_ih=w_ih,
-                   w_hh=w_hh, h=h)
+    op = "rnnfast._rnn_cell_backward"
+    N, _, H = _validate_cell(op, input, hx, w_ih, w_hh, None, None, nonlinearity)
+    _check_like(op, "grad_h", grad_h, input, (N, H))
+    _check_like(op, "h", h, input, (N, H))
     H = w_hh.shape[0]
     return (
         input.new_empty(input.shape),
@@ -313,7 +395,7 @@ def _cell_backward_backward(ctx, gg_x, gg_hx, gg_wi, gg_wh, gg_b):
     # Written with differentiable torch ops, so higher orders work too.
     grad_h, input, hx, w_ih, w_hh, h = ctx.saved_tensors
     tanh = ctx.nonlinearity == "tanh"
-    dact = 1 - h * h if tanh else (h > 0).to(h.dtype)
+    dact = 1 - h * h if tanh else (h <= 0).logical_not().to(h.dtype)
     dz = grad_h * dact
     g_dz = torch.zeros_like(dz)
     if gg_x is not None:

@@ -102,7 +102,7 @@ void mul_act_grad_rows(Activation act, int64_t nrows, int64_t H, T* dz, int64_t 
         Vec hv = Vec::loadu(hr + j);
         Vec dv = Vec::loadu(dzr + j);
         Vec out = act == Activation::Tanh ? dv * (Vec(T(1)) - hv * hv)
-                                          : Vec::blendv(Vec(T(0)), dv, hv > Vec(T(0)));
+                                          : Vec::blendv(dv, Vec(T(0)), hv <= Vec(T(0)));
         out.store(dzr + j);
       }
       for (; j < H; ++j) dzr[j] = apply_activation_grad<T>(act, dzr[j], hr[j]);

@@ -70,10 +70,11 @@ RNNFAST_AVX512 void block(int64_t K, const float* A, int64_t lda, int64_t aks, c
       } else if constexpr (E == Epilogue::ActGrad) {
         const __m512 y = _mm512_maskz_loadu_ps(m, Y + r * ldy + v * kVec);
         const __m512 d = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + v * kVec), acc[r][v]);
-        // relu: a select, so a NaN/inf gradient where y <= 0 becomes 0 as in torch.
+        // relu: torch's threshold_backward, a select: 0 where y <= 0 (ordered compare,
+        // so a NaN y keeps its gradient), the gradient elsewhere.
         out = act == Activation::Tanh
                   ? _mm512_mul_ps(d, _mm512_fnmadd_ps(y, y, one))
-                  : _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ), d);
+                  : _mm512_mask_mov_ps(d, _mm512_cmp_ps_mask(y, zero, _CMP_LE_OQ), zero);
       } else if constexpr (E == Epilogue::Accumulate) {
         out = _mm512_add_ps(_mm512_maskz_loadu_ps(m, cr + v * kVec), acc[r][v]);
       } else {

@@ -22,19 +22,13 @@ RNNFAST_HOST_DEVICE T activate(Activation act, T z) {
   return (z > T(0) || z != z) ? z : T(0);
 }
 
-// d act(z) / dz, given h = act(z).
-template <typename T>
-RNNFAST_HOST_DEVICE T activation_grad_from_output(Activation act, T h) {
-  if (act == Activation::Tanh) return T(1) - h * h;
-  return h > T(0) ? T(1) : T(0);
-}
-
-// grad * act'(z) given h = act(z), as torch computes it: for relu a select (a NaN or
-// infinite gradient where h <= 0 gives 0, as in threshold_backward), not a product.
+// grad * act'(z) given h = act(z), as torch computes it. For relu that is torch's
+// threshold_backward: zero where h <= 0, the gradient itself elsewhere (also where h is
+// NaN), a select rather than a product, so a NaN/inf gradient at h <= 0 gives 0.
 template <typename T>
 RNNFAST_HOST_DEVICE T apply_activation_grad(Activation act, T grad, T h) {
   if (act == Activation::Tanh) return grad * (T(1) - h * h);
-  return h > T(0) ? grad : T(0);
+  return h <= T(0) ? T(0) : grad;
 }
 
 }  // namespace rnnfast
