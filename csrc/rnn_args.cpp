@@ -1,6 +1,7 @@
 #include "rnn_args.h"
 
 #include <c10/util/irange.h>
+#include <c10/util/safe_numerics.h>
 #include <sstream>
 
 namespace rnnfast {
@@ -110,7 +111,8 @@ RnnSizes check_rnn_args(const char* op, const at::Tensor& input, const at::Tenso
                   ": batch_sizes must be non-increasing, got batch_sizes[", t, "] = ", b,
                   " > batch_sizes[", t - 1, "] = ", s.batch_sizes[t - 1]);
       s.offsets.push_back(total);
-      total += b;
+      TORCH_CHECK(!c10::add_overflows(total, b, &total), op,
+                  ": sum(batch_sizes) overflows int64 at batch_sizes[", t, "]");
     }
     TORCH_CHECK(total == input.size(0), op, ": sum(batch_sizes) = ", total,
                 " must equal the number of rows of the packed input, got ", input.size(0));

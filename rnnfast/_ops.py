@@ -96,6 +96,8 @@ def _validate_rnn(op, input, hx, weights, batch_sizes, dropout_masks, has_biases
         _check_batch_sizes(op, batch_sizes)
         if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64:
             _fail(op, "batch_sizes must be a 1-D int64 CPU tensor")
+        if batch_sizes.numel() == 0:
+            _fail(op, "batch_sizes must not be empty")
         N, rows = hx.shape[1] if hx.dim() == 3 else -1, input.shape[0]
     else:
         torch._check(input.shape[0] > 0, lambda: "Expected sequence length to be larger than 0 in RNN")

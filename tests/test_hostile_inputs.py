@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -414,6 +415,35 @@ def test_raw_op_rejects_a_bad_argument_naming_it(make, call, mutate, names):
         # Reached only when the op accepted the argument: show what came back.
         leaves = [t for t in torch.utils._pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
         pytest.fail(f"accepted; returned {[(tuple(t.shape), t.dtype, str(t.device)) for t in leaves]}")
+
+
+def test_raw_op_on_meta_validates_like_on_cpu():
+    """The same bad calls with every tensor on the meta device (batch_sizes stays on the
+    CPU, as the schema requires): the fake kernel, which serves the meta device,
+    torch.compile and FakeTensorMode, rejects each of them like the CPU kernel does,
+    instead of returning made-up shapes or failing with an IndexError. (The *values* of
+    batch_sizes are data, which a fake kernel does not read: those cases are left out.)"""
+    failures = []
+    value_cases = {"fwd-batch_sizes-zero", "fwd-batch_sizes-negative", "fwd-batch_sizes-sum",
+                   "fwd-batch_sizes-increasing", "fwd-batch_sizes-overflow", "bwd-batch_sizes-sum"}
+    cases = [c for c in OP_CASES if "meta" not in c[0] and c[0] not in value_cases]
+    for case_id, make, call, mutate, names in cases:
+        args = make()
+        mutate(args)
+        args = {k: v if k == "batch_sizes" else _to_meta(v) for k, v in args.items()}
+        try:
+            result = call(args)
+        except RuntimeError as e:
+            if not re.search(names, str(e)):
+                failures.append(f"{case_id}: message does not name {names!r}: {e}")
+        except Exception as e:  # noqa: BLE001 - any other exception type is the failure
+            failures.append(f"{case_id}: {type(e).__name__}: {e}")
+        else:
+            shapes = [tuple(t.shape) for t in torch.utils._pytree.tree_leaves(result)
+                      if isinstance(t, torch.Tensor)]
+            failures.append(f"{case_id}: accepted, returned shapes {shapes}")
+    assert not failures, (f"{len(failures)} of {len(cases)} invalid calls not rejected on meta:\n"
+                          + "\n".join(failures))
 
 
 # Garbage generator: each tensor argument of a valid call is kept (probability 1/2) or
