@@ -29,6 +29,8 @@ import time
 import torch
 from torch import nn
 
+from rnnfast.bench.training import PERTURBED, compare
+
 POSITIVE, NEGATIVE = range(3, 8), range(8, 13)  # token ids; 13 and above are neutral
 
 
@@ -62,9 +64,6 @@ def make_corpus(n: int, seq_len: int, vocab: int, seed: int) -> tuple[torch.Tens
 # training is chaotic: after a few epochs any rounding difference (summation order, thread
 # count, a different library) grows into a visible loss difference. How far this run
 # drifts from plain torch measures that float tolerance; rnnfast must stay within it.
-PERTURBED = "torch-1ulp"
-CHAOS_FACTOR = 10.0  # rnnfast may drift up to this multiple of the 1-ulp run's drift
-RTOL_FLOOR = 1e-5  # ... or this much, whichever is larger
 
 
 def _nudge_one_weight(rnn: nn.Module) -> None:
@@ -155,35 +154,6 @@ def run(backends=("rnnfast",), *, epochs: int = 5, verbose: bool = True, **kw) -
                 print(f"[{b:10s}] epoch {e + 1:2d}/{epochs}  loss {loss:.6f}  acc {acc:.3f}  "
                       f"{sec:.3f} s/epoch", flush=True)
     return res
-
-
-def compare(results: dict[str, dict]) -> bool:
-    """Print the losses of torch, rnnfast (and the 1-ulp torch run) and the speedup;
-    True if rnnfast's losses agree with torch's within float tolerance."""
-    a, b = results["torch"]["losses"], results["rnnfast"]["losses"]
-    c = results.get(PERTURBED, {}).get("losses")
-
-    def rel(x, y):
-        return abs(x - y) / max(abs(x), 1e-12)
-
-    print(f"\n{'epoch':>5}  {'torch loss':>12}  {'rnnfast loss':>12}  {'rel diff':>9}"
-          + (f"  {'torch-1ulp rel diff':>19}" if c else ""))
-    for i, (x, y) in enumerate(zip(a, b)):
-        print(f"{i + 1:5d}  {x:12.6f}  {y:12.6f}  {rel(x, y):9.1e}"
-              + (f"  {rel(x, c[i]):19.1e}" if c else ""))
-    tt, tf = results["torch"]["epoch_times"], results["rnnfast"]["epoch_times"]
-    ratios = [x / y for x, y in zip(tt, tf)][1:] or [tt[0] / tf[0]]  # epoch 1 includes warm-up
-    print(f"time per epoch (median): torch {statistics.median(tt):.3f} s, rnnfast "
-          f"{statistics.median(tf):.3f} s -> speedup {statistics.median(ratios):.2f}x "
-          "(median of per-epoch ratios)")
-    worst = max(rel(x, y) for x, y in zip(a, b))
-    chaos = max((rel(x, z) for x, z in zip(a, c)), default=0.0) if c else 0.0
-    tol = max(RTOL_FLOOR, CHAOS_FACTOR * chaos)
-    same = worst <= tol
-    print(f"losses {'match' if same else 'DIFFER'}: max relative difference {worst:.1e}, "
-          f"tolerance {tol:.1e} (= max({RTOL_FLOOR:.0e}, {CHAOS_FACTOR:.0f} x the drift "
-          f"{chaos:.1e} of torch with one weight moved by 1 ulp))")
-    return same
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,7 +83,8 @@ def test_100k_steps_forward_backward_and_chunking(nonlinearity, dtype):
         assert torch.equal(chunked[0], grads[0]) and torch.equal(chunked[1], grads[1])
 
 
-def test_100k_steps_bidirectional_two_layers_stays_finite():
+def test_100k_steps_bidirectional_two_layers_stays_finite(device):
+    """Also the long-sequence run of the GPU check (no overflow, no deadlock on cuda)."""
     torch.manual_seed(0)
     rnn = rnnfast.RNN(I, H, 2, bidirectional=True, nonlinearity="relu")
     with torch.no_grad():
@@ -91,7 +92,8 @@ def test_100k_steps_bidirectional_two_layers_stays_finite():
             if "weight_hh" in name:
                 q, _ = torch.linalg.qr(torch.randn(H, H, dtype=torch.float64))
                 p.copy_(0.9 * q)
-    x = torch.randn(T_LONG, N, I, requires_grad=True)
+    rnn = rnn.to(device)
+    x = torch.randn(T_LONG, N, I, device=device, requires_grad=True)
     out, h_n = rnn(x)
     grads = torch.autograd.grad(out.sum() + h_n.sum(), [x, *rnn.parameters()])
     assert out.isfinite().all() and h_n.isfinite().all()

@@ -9,6 +9,10 @@
 
 #define RNNFAST_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")))
 
+// GCC's own intrinsic headers self-initialise the undefined vector behind masked loads
+// (`__m512 __Y = __Y;`), which -Wmaybe-uninitialized reports once per instantiation.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 // torch's libtorch_cpu exports SLEEF; this is its 1-ulp AVX-512 tanh.
 extern "C" __m512 Sleef_tanhf16_u10avx512f(__m512);
 

@@ -1,0 +1,39 @@
+"""Shared by the example applications (examples/): comparing a torch run with an
+rnnfast run of the same training, seed for seed."""
+
+from __future__ import annotations
+
+import statistics
+
+PERTURBED = "torch-1ulp"
+CHAOS_FACTOR = 10.0  # rnnfast may drift up to this multiple of the 1-ulp run's drift
+RTOL_FLOOR = 1e-5  # ... or this much, whichever is larger
+
+
+def compare(results: dict[str, dict], metric: str = "loss") -> bool:
+    """Print the losses of torch, rnnfast (and the 1-ulp torch run) and the speedup;
+    True if rnnfast's losses agree with torch's within float tolerance."""
+    a, b = results["torch"]["losses"], results["rnnfast"]["losses"]
+    c = results.get(PERTURBED, {}).get("losses")
+
+    def rel(x, y):
+        return abs(x - y) / max(abs(x), 1e-12)
+
+    print(f"\n{'epoch':>5}  {'torch ' + metric:>12}  {'rnnfast ' + metric:>12}  {'rel diff':>9}"
+          + (f"  {'torch-1ulp rel diff':>19}" if c else ""))
+    for i, (x, y) in enumerate(zip(a, b)):
+        print(f"{i + 1:5d}  {x:12.6f}  {y:12.6f}  {rel(x, y):9.1e}"
+              + (f"  {rel(x, c[i]):19.1e}" if c else ""))
+    tt, tf = results["torch"]["epoch_times"], results["rnnfast"]["epoch_times"]
+    ratios = [x / y for x, y in zip(tt, tf)][1:] or [tt[0] / tf[0]]  # epoch 1 includes warm-up
+    print(f"time per epoch (median): torch {statistics.median(tt):.3f} s, rnnfast "
+          f"{statistics.median(tf):.3f} s -> speedup {statistics.median(ratios):.2f}x "
+          "(median of per-epoch ratios)")
+    worst = max(rel(x, y) for x, y in zip(a, b))
+    chaos = max((rel(x, z) for x, z in zip(a, c)), default=0.0) if c else 0.0
+    tol = max(RTOL_FLOOR, CHAOS_FACTOR * chaos)
+    same = worst <= tol
+    print(f"losses {'match' if same else 'DIFFER'}: max relative difference {worst:.1e}, "
+          f"tolerance {tol:.1e} (= max({RTOL_FLOOR:.0e}, {CHAOS_FACTOR:.0f} x the drift "
+          f"{chaos:.1e} of torch with one weight moved by 1 ulp))")
+    return same
