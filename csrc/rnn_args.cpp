@@ -181,6 +181,54 @@ std::vector<int64_t> workspace_shape(const RnnSizes& s) {
   return {s.NL - 1, s.rows, s.D * s.H};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(const RnnSizes& s,
+                                                                         const at::Tensor& input) {
+  at::Tensor output = at::empty(output_shape(s), input.options());
+  at::Tensor h_n = at::empty({s.NL * s.D, s.N, s.H}, input.options());
+  at::Tensor workspace = at::empty(workspace_shape(s), input.options());
+  if (nothing_to_compute(s)) {
+    output.zero_();
+    h_n.zero_();
+  }
+  return {output, h_n, workspace};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> allocate_backward_outputs(
+    const RnnSizes& s, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights) {
+  at::Tensor grad_input = at::empty(input.sizes(), input.options());
+  at::Tensor grad_hx = at::empty(hx.sizes(), hx.options());
+  std::vector<at::Tensor> grad_weights;
+  for (const auto& w : weights) grad_weights.push_back(at::empty(w.sizes(), w.options()));
+  if (nothing_to_compute(s)) {
+    grad_input.zero_();
+    grad_hx.zero_();
+    for (auto& g : grad_weights) g.zero_();
+  }
+  return {grad_input, grad_hx, grad_weights};
+}
+
+at::Tensor initial_output_grad(const RnnSizes& s, const std::optional<at::Tensor>& grad_output,
+                               const at::Tensor& input) {
+  if (grad_output.has_value() && grad_output->defined())
+    return grad_output->reshape({s.rows, s.D * s.H}).clone(at::MemoryFormat::Contiguous);
+  return at::zeros({s.rows, s.D * s.H}, input.options());
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
+  std::vector<at::Tensor> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(t.contiguous());
+  return out;
+}
+
+at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& workspace,
+                       const std::optional<at::Tensor>& masks) {
+  if (layer == 0) return x2d;
+  at::Tensor below = workspace[layer - 1];
+  if (masks.has_value() && masks->defined()) return below * (*masks)[layer - 1];
+  return below;
+}
+
 CellSizes check_cell_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
                           const at::Tensor& w_ih, const at::Tensor& w_hh,
                           const std::optional<at::Tensor>& b_ih,

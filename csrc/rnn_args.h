@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #include "kernels/activations.h"
@@ -48,6 +49,36 @@ void check_rnn_backward_args(const RnnSizes& s, const at::Tensor& input,
 // Output shapes; they depend only on the sizes, never on the device.
 std::vector<int64_t> output_shape(const RnnSizes& s);
 std::vector<int64_t> workspace_shape(const RnnSizes& s);
+
+// ---------------------------------------------------------------------------
+// Glue shared by the backends (everything but the kernels themselves)
+// ---------------------------------------------------------------------------
+
+// True when a call has no element to compute (empty batch or H == 0): the
+// allocated results below are then returned as they are.
+inline bool nothing_to_compute(const RnnSizes& s) { return s.rows == 0 || s.H == 0; }
+
+// rnn_forward's results (output, h_n, workspace), uninitialised; zeros when
+// nothing_to_compute(s).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(const RnnSizes& s,
+                                                                         const at::Tensor& input);
+
+// _rnn_backward's results (grad_input, grad_hx, grad_weights) shaped like their
+// arguments, uninitialised; zeros when nothing_to_compute(s).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> allocate_backward_outputs(
+    const RnnSizes& s, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights);
+
+// The buffer the backward kernels start from and overwrite in place: a fresh
+// contiguous (rows, D*H) copy of grad_output, or zeros when it is undefined.
+at::Tensor initial_output_grad(const RnnSizes& s, const std::optional<at::Tensor>& grad_output,
+                               const at::Tensor& input);
+
+std::vector<at::Tensor> contiguous_all(at::TensorList tensors);
+
+// The input of `layer` as a (rows, H_in or D*H) matrix: x for layer 0, else the layer
+// below's output (from the workspace) times its dropout mask.
+at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& workspace,
+                       const std::optional<at::Tensor>& masks);
 
 // Cell op sizes: N, I, H.
 struct CellSizes {

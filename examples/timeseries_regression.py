@@ -29,7 +29,7 @@ import time
 import torch
 from torch import nn
 
-from rnnfast.bench.training import PERTURBED, compare
+from rnnfast.bench.training import PERTURBED, compare, nudge_one_weight, rnn_class
 
 
 def make_waves(n: int, seq_len: int, seed: int, noise: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,28 +41,6 @@ def make_waves(n: int, seq_len: int, seed: int, noise: float = 0.05) -> tuple[to
     angle = w * t + phi
     x = torch.sin(angle) + noise * torch.randn(seq_len, n, 1, generator=g)
     return x, torch.cos(angle)
-
-
-# A third run in the comparison: torch with one recurrent weight moved by one ulp. RNN
-# training is chaotic: after a few epochs any rounding difference (summation order, thread
-# count, a different library) grows into a visible loss difference. How far this run
-# drifts from plain torch measures that float tolerance; rnnfast must stay within it.
-
-
-def _nudge_one_weight(rnn: nn.Module) -> None:
-    with torch.no_grad():
-        w = rnn.weight_hh_l0.view(-1)
-        w[0] = torch.nextafter(w[0], torch.tensor(float("inf"), dtype=w.dtype))
-
-
-def rnn_class(backend: str):
-    if backend in ("torch", PERTURBED):
-        return nn.RNN
-    if backend == "rnnfast":
-        import rnnfast
-
-        return rnnfast.RNN
-    raise ValueError(f"backend must be 'torch' or 'rnnfast', got {backend!r}")
 
 
 class Regressor(nn.Module):
@@ -86,7 +64,7 @@ class Trainer:
         torch.manual_seed(seed)
         self.model = Regressor(rnn_class(backend), hidden, layers)
         if backend == PERTURBED:
-            _nudge_one_weight(self.model.rnn)
+            nudge_one_weight(self.model.rnn)
         # SGD with momentum, not Adam: Adam blows near-zero gradients up to lr-sized
         # steps, which would turn rounding differences between backends into different runs.
         self.opt = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=0.9)

@@ -9,9 +9,9 @@
 //   Y_d  = X @ W_ih^T                        one GEMM over all rows
 //   per step t:  Y_d[t] += h_prev @ W_hh^T   one GEMM (in place)
 //                Y_d[t]  = act(Y_d[t] + b_ih + b_hh)   one fused pass
-// Backward (BPTT), per layer (top down) and direction, dZ starts as dY:
-//   per step:  dZ[t] += grad_h_n rows whose sequence ends at t
-//              dZ[t] *= act'(Y[t])                     one fused pass
+// Backward (BPTT), per layer (top down) and direction, dZ starts as dY plus the
+// grad_h_n rows at the step where each sequence's state became h_n:
+//   per step:  dZ[t] *= act'(Y[t])                     one fused pass
 //              dZ[t-1] += dZ[t] @ W_hh  (or grad_hx)   one GEMM
 //   then dW_ih = dZ^T X, dW_hh = dZ^T H_prev, db = sum_rows dZ, dX = dZ W_ih:
 //   each one GEMM / reduction over all rows.
@@ -36,10 +36,22 @@ namespace {
 using at::vec::Vectorized;
 
 
+// dst (K x N, row-major) = src^T, src being N x K with row stride ld; in 32 x 32
+// tiles so that both the reads and the strided writes stay in L1.
+void transpose_to(const float* src, int64_t ld, int64_t N, int64_t K, float* dst) {
+  constexpr int64_t kTile = 32;
+  for (int64_t n0 = 0; n0 < N; n0 += kTile)
+    for (int64_t k0 = 0; k0 < K; k0 += kTile)
+      for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n)
+        for (int64_t k = k0; k < std::min(K, k0 + kTile); ++k) dst[k * N + n] = src[n * ld + k];
+}
+
 // Every GEMM of the kernels goes through here. float32 on AVX-512 CPUs with a
 // row-major A uses rnnfast's blocked kernel (measured 72-85 GFLOP/s per core here
 // against MKL's 50-68 on this AMD CPU); a transposed A (the dW = dZ^T X GEMMs with
-// their long K) and other dtypes use BLAS. alpha is always 1; beta is 0 or 1.
+// their long K) and other dtypes use BLAS. A transposed B is copied to K x N first
+// (cache-blocked): keeping these GEMMs off BLAS keeps float32 outputs independent of
+// the thread count. alpha is always 1; beta is 0 or 1.
 template <typename T>
 void gemm_any(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -50,8 +62,7 @@ void gemm_any(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const
       int64_t ldb_kn = ldb;
       if (trans_b) {  // B is stored N x K: make the K x N copy the kernel reads
         Bt.resize(K * N);
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t k = 0; k < K; ++k) Bt[k * N + n] = B[n * ldb + k];
+        transpose_to(B, ldb, N, K, Bt.data());
         Bkn = Bt.data();
         ldb_kn = N;
       }
@@ -155,15 +166,6 @@ std::vector<LayerWeights<T>> gather_weights(const RnnSizes& s,
     }
   }
   return out;
-}
-
-// The input of `layer`: x for layer 0, else the layer below's output times its dropout mask.
-at::Tensor layer_input(const RnnSizes& s, int64_t layer, const at::Tensor& x2d,
-                       const at::Tensor& workspace, const std::optional<at::Tensor>& masks) {
-  if (layer == 0) return x2d;
-  at::Tensor below = workspace[layer - 1];
-  if (masks.has_value() && masks->defined()) return below * (*masks)[layer - 1];
-  return below;
 }
 
 
@@ -351,9 +353,7 @@ void forward_layer_fast(const RnnSizes& s, int64_t layer, const float* X, int64_
   for (const auto d : c10::irange(s.D)) {
     const LayerWeights<float>& w = lw[layer * s.D + d];
     gemm_any<float>(false, true, s.rows, H, I_l, X, I_l, w.w_ih, I_l, 0.f, Y + d * H, DH);
-    float* wt = WT.data() + d * H * H;
-    for (int64_t i = 0; i < H; ++i)
-      for (int64_t j = 0; j < H; ++j) wt[j * H + i] = w.w_hh[i * H + j];
+    transpose_to(w.w_hh, H, H, H, WT.data() + d * H * H);
   }
   const TeamPlan plan = plan_team(s);
   run_team(plan, [&](int tid, int n) {
@@ -416,7 +416,7 @@ void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx
                   const at::Tensor& out2d, const at::Tensor& h_n, const at::Tensor& workspace) {
   const auto lw = gather_weights<T>(s, weights);
   for (const auto layer : c10::irange(s.NL)) {
-    at::Tensor X = layer_input(s, layer, x2d, workspace, masks).contiguous();
+    at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
     at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
     if constexpr (std::is_same_v<T, float>) {
       if (use_fast_path()) {
@@ -431,10 +431,11 @@ void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx
   }
 }
 
-// BLAS time loop of one direction (any dtype): see the file comment.
+// BLAS time loop of one direction (any dtype): see the file comment. dZ holds dY
+// plus the h_n gradient (add_grad_h_n) and becomes dZ.
 template <typename T>
 void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T* dZ,
-                        const T* dhn_d, T* dhx_d) {
+                        T* dhx_d) {
   const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
   const auto& bs = s.batch_sizes;
   const auto& off = s.offsets;
@@ -443,10 +444,6 @@ void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T*
   if (d == 0) {
     for (int64_t t = T_ - 1; t >= 0; --t) {
       T* dZt = dZd + off[t] * DH;
-      const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-      if (dhn_d)
-        copy_rows<T>(bs[t] - live_next, H, dhn_d + live_next * H, H, dZt + live_next * DH, DH,
-                     true);
       mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
       if (t > 0) {
         gemm_any<T>(false, false, bs[t], H, H, dZt, DH, W, H, T(1), dZd + off[t - 1] * DH, DH);
@@ -458,7 +455,6 @@ void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T*
     for (int64_t t = 0; t < T_; ++t) {
       T* dZt = dZd + off[t] * DH;
       const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-      if (t == 0 && dhn_d) copy_rows<T>(bs[0], H, dhn_d, H, dZt, DH, true);
       mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
       if (live_next > 0)
         gemm_any<T>(false, false, live_next, H, H, dZt, DH, W, H, T(1), dZd + off[t + 1] * DH,
@@ -469,19 +465,20 @@ void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T*
   }
 }
 
-// The fast path's loop expects the h_n gradient already in dZ: add it to the rows
-// of the step where each sequence's state becomes h_n.
-void add_grad_h_n_f32(const RnnSizes& s, int64_t d, const float* dhn_d, float* dZ) {
+// Both time loops expect the h_n gradient already in dZ: add it to the rows of the
+// step where each sequence's state becomes h_n (its last step forward, t = 0 reverse).
+template <typename T>
+void add_grad_h_n(const RnnSizes& s, int64_t d, const T* dhn_d, T* dZ) {
   const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
-  float* dZd = dZ + d * H;
+  T* dZd = dZ + d * H;
   if (d == 1) {
-    copy_rows<float>(s.batch_sizes[0], H, dhn_d, H, dZd + s.offsets[0] * DH, DH, true);
+    copy_rows<T>(s.batch_sizes[0], H, dhn_d, H, dZd + s.offsets[0] * DH, DH, true);
     return;
   }
   for (int64_t t = 0; t < T_; ++t) {
     const int64_t live_next = t + 1 < T_ ? s.batch_sizes[t + 1] : 0;
-    copy_rows<float>(s.batch_sizes[t] - live_next, H, dhn_d + live_next * H, H,
-                     dZd + (s.offsets[t] + live_next) * DH, DH, true);
+    copy_rows<T>(s.batch_sizes[t] - live_next, H, dhn_d + live_next * H, H,
+                 dZd + (s.offsets[t] + live_next) * DH, DH, true);
   }
 }
 
@@ -494,13 +491,14 @@ void backward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
   const auto& bs = s.batch_sizes;
   const auto& off = s.offsets;
 
+  if (grad_h_n)
+    for (const auto d : c10::irange(s.D))
+      add_grad_h_n<T>(s, d, grad_h_n + (layer * s.D + d) * s.N * H, dZ);
+
   bool fast = false;
-  if constexpr (std::is_same_v<T, float>) fast = use_fast_path();
-  if (fast) {
-    if constexpr (std::is_same_v<T, float>) {
-      if (grad_h_n)
-        for (const auto d : c10::irange(s.D))
-          add_grad_h_n_f32(s, d, grad_h_n + (layer * s.D + d) * s.N * H, dZ);
+  if constexpr (std::is_same_v<T, float>) {
+    fast = use_fast_path();
+    if (fast) {
       const TeamPlan plan = plan_team(s);
       run_team(plan, [&](int tid, int n) {
         for (int64_t d = 0; d < s.D; ++d) {
@@ -513,11 +511,11 @@ void backward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
         }
       });
     }
-  } else {
+  }
+  if (!fast) {
     for (const auto d : c10::irange(s.D)) {
       const int64_t ld = layer * s.D + d;
-      backward_direction<T>(s, d, lw[ld].w_hh, Y, dZ, grad_h_n ? grad_h_n + ld * s.N * H : nullptr,
-                            grad_hx + ld * s.N * H);
+      backward_direction<T>(s, d, lw[ld].w_hh, Y, dZ, grad_hx + ld * s.N * H);
     }
   }
 
@@ -565,7 +563,7 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
   const auto lw = gather_weights<T>(s, weights);
   at::Tensor H_prev = at::empty({s.rows, s.H}, x2d.options());
   for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
-    at::Tensor X = layer_input(s, layer, x2d, workspace, masks).contiguous();
+    at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
     at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
     const int64_t I_l = s.layer_input_size(layer);
     at::Tensor dX = layer == 0 ? grad_x2d : at::empty({s.rows, I_l}, x2d.options());
@@ -580,13 +578,6 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
       dZ = dX;
     }
   }
-}
-
-std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
-  std::vector<at::Tensor> out;
-  out.reserve(weights.size());
-  for (const auto& w : weights) out.push_back(w.contiguous());
-  return out;
 }
 
 void check_cpu_dtype(const char* op, const at::Tensor& input) {
@@ -626,14 +617,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
     return {o.to(dt), h.to(dt), w.to(dt)};
   }
   check_cpu_dtype(op, input);
-  at::Tensor output = at::empty(output_shape(s), input.options());
-  at::Tensor h_n = at::empty({s.NL * s.D, s.N, s.H}, input.options());
-  at::Tensor workspace = at::empty(workspace_shape(s), input.options());
-  if (s.rows == 0 || s.H == 0) {  // empty batch: nothing to compute, h_n is empty too
-    h_n.zero_();
-    output.zero_();
-    return {output, h_n, workspace};
-  }
+  auto [output, h_n, workspace] = allocate_forward_outputs(s, input);
+  if (nothing_to_compute(s)) return {output, h_n, workspace};
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
   const at::Tensor hx_c = hx.contiguous();
   const auto w = contiguous_all(weights);
@@ -665,20 +650,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
   }
   check_cpu_dtype(op, input);
 
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
-  at::Tensor grad_hx = at::empty(hx.sizes(), hx.options());
-  std::vector<at::Tensor> grad_weights;
-  for (const auto& w : weights) grad_weights.push_back(at::empty(w.sizes(), w.options()));
-  if (s.rows == 0 || s.H == 0) {
-    grad_input.zero_();
-    grad_hx.zero_();
-    for (auto& g : grad_weights) g.zero_();
-    return {grad_input, grad_hx, grad_weights};
-  }
-  // dZ starts as the output gradient and is overwritten in place: always a fresh buffer.
-  const bool has_go = grad_output.has_value() && grad_output->defined();
-  at::Tensor dZ = has_go ? grad_output->reshape({s.rows, s.D * s.H}).clone(at::MemoryFormat::Contiguous)
-                         : at::zeros({s.rows, s.D * s.H}, input.options());
+  auto [grad_input, grad_hx, grad_weights] = allocate_backward_outputs(s, input, hx, weights);
+  if (nothing_to_compute(s)) return {grad_input, grad_hx, grad_weights};
+  at::Tensor dZ = initial_output_grad(s, grad_output, input);
   const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
   const at::Tensor ghn = has_ghn ? grad_h_n->contiguous() : at::Tensor();
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
@@ -694,6 +668,28 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
 // ---------------------------------------------------------------------------
 // Cell
 // ---------------------------------------------------------------------------
+
+// h = act(h + bias) over a cell's (N, H) output. float32 on AVX-512 uses the step
+// kernel with K = 0 (exactly this epilogue, with SLEEF's vector tanh); the generic
+// pass calls scalar tanh per element in this build.
+template <typename T>
+void cell_bias_act(Activation act, int64_t N, int64_t H, const T* bias, T* h) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_fast_path()) {
+      avx512::StepArgs a;
+      a.M = N;
+      a.N = H;
+      a.C = h;
+      a.ldc = H;
+      a.bias = bias;
+      a.act = act;
+      a.epilogue = avx512::Epilogue::Activate;
+      avx512::step(a, 0, H);
+      return;
+    }
+  }
+  bias_act_rows<T>(act, N, H, bias, h, H, h, H);
+}
 
 at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -724,7 +720,7 @@ at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
             s.I, T(0), out, s.H);
     gemm_any<T>(false, true, s.N, s.H, s.H, h0.const_data_ptr<T>(), s.H,
             wh.const_data_ptr<T>(), s.H, T(1), out, s.H);
-    bias_act_rows<T>(s.act, s.N, s.H, bias.data(), out, s.H, out, s.H);
+    cell_bias_act<T>(s.act, s.N, s.H, bias.data(), out);
   });
   return h;
 }

@@ -183,22 +183,6 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* 
 // Shared pieces
 // ---------------------------------------------------------------------------
 
-std::vector<at::Tensor> contiguous_all(at::TensorList weights) {
-  std::vector<at::Tensor> out;
-  out.reserve(weights.size());
-  for (const auto& w : weights) out.push_back(w.contiguous());
-  return out;
-}
-
-// The input of `layer`: x for layer 0, else the layer below's output times its dropout mask.
-at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& workspace,
-                       const std::optional<at::Tensor>& masks) {
-  if (layer == 0) return x2d;
-  at::Tensor below = workspace[layer - 1];
-  if (masks.has_value() && masks->defined()) return below * (*masks)[layer - 1];
-  return below;
-}
-
 // W_ih of both directions stacked, (D*H, I_l): one GEMM serves both directions.
 at::Tensor stacked_w_ih(const RnnSizes& s, const std::vector<at::Tensor>& w, int64_t layer) {
   const int64_t per = s.weights_per_layer();
@@ -437,14 +421,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
                                     has_biases, num_layers, nonlinearity, bidirectional);
   TORCH_INTERNAL_ASSERT(input.is_cuda());
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor output = at::empty(output_shape(s), input.options());
-  at::Tensor h_n = at::empty({s.NL * s.D, s.N, s.H}, input.options());
-  at::Tensor workspace = at::empty(workspace_shape(s), input.options());
-  if (s.rows == 0 || s.H == 0) {  // empty batch: nothing to compute, h_n is empty too
-    h_n.zero_();
-    output.zero_();
-    return {output, h_n, workspace};
-  }
+  auto [output, h_n, workspace] = allocate_forward_outputs(s, input);
+  if (nothing_to_compute(s)) return {output, h_n, workspace};
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
   const at::Tensor hx_c = hx.contiguous();
   const auto w = contiguous_all(weights);
@@ -468,21 +446,9 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cuda(
   TORCH_INTERNAL_ASSERT(input.is_cuda());
   const c10::cuda::CUDAGuard guard(input.device());
 
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
-  at::Tensor grad_hx = at::empty(hx.sizes(), hx.options());
-  std::vector<at::Tensor> grad_weights;
-  for (const auto& w : weights) grad_weights.push_back(at::empty(w.sizes(), w.options()));
-  if (s.rows == 0 || s.H == 0) {
-    grad_input.zero_();
-    grad_hx.zero_();
-    for (auto& g : grad_weights) g.zero_();
-    return {grad_input, grad_hx, grad_weights};
-  }
-  // dZ starts as the output gradient and is overwritten in place: always a fresh buffer.
-  const bool has_go = grad_output.has_value() && grad_output->defined();
-  at::Tensor dZ = has_go ? grad_output->reshape({s.rows, s.D * s.H})
-                               .clone(at::MemoryFormat::Contiguous)
-                         : at::zeros({s.rows, s.D * s.H}, input.options());
+  auto [grad_input, grad_hx, grad_weights] = allocate_backward_outputs(s, input, hx, weights);
+  if (nothing_to_compute(s)) return {grad_input, grad_hx, grad_weights};
+  at::Tensor dZ = initial_output_grad(s, grad_output, input);
   const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
   const at::Tensor ghn = has_ghn ? grad_h_n->contiguous() : at::Tensor();
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
