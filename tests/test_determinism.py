@@ -14,8 +14,10 @@ asserted in test_what_varies_with_the_thread_count:
   threads, and 1 vs 3-4 threads, on some shapes).
 * float64 (every GEMM through MKL): every result may differ in the last bits
   (observed ~1e-16 relative) between thread counts, as for nn.RNN.
-* float16 / bfloat16 run the float32 kernels: same as float32 before the final
-  rounding, which a last-bit difference can flip.
+* bfloat16 on AVX512-BF16 CPUs: every GEMM is rnnfast's own kernel (tile- or
+  column-split), so only the bias gradients (torch column sums) may vary; elsewhere,
+  and float16, run the float32 kernels: same as float32 before the final rounding,
+  which a last-bit difference can flip.
 
 Results never depend on anything else: not on previous calls, other modules, memory
 reuse, or whether deterministic algorithms are requested.

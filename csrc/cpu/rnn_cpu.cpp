@@ -224,51 +224,76 @@ inline void team_barrier(int n) {
   }
 }
 
-// Forward time loop of one direction on columns [c0, c1) of H.
-void forward_direction_f32(const RnnSizes& s, int64_t d, const float* WT, const float* bias,
-                           const float* hx_d, float* Y, float* hn_d, int64_t c0, int64_t c1,
-                           int team) {
+// Runs body(d, c0, c1, team) for each direction of a layer on the team plan_team
+// picks: one thread per direction (team = 1), or the step's columns [c0, c1) split
+// over `team` threads that meet at a barrier every step.
+template <typename Body>
+void run_directions(const RnnSizes& s, Body body) {
+  const TeamPlan plan = plan_team(s);
+  run_team(plan, [&](int tid, int n) {
+    for (int64_t d = 0; d < s.D; ++d) {
+      if (plan.per_direction && d != tid) continue;
+      const auto [c0, c1] = plan.per_direction ? std::pair<int64_t, int64_t>{0, s.H}
+                                               : column_slice(s.H, tid, n);
+      body(d, c0, c1, plan.per_direction ? 1 : n);
+    }
+  });
+}
+
+// Forward time loop of one direction on columns [c0, c1) of H. P (float32) holds the
+// input projection X @ W_ih^T; the states go to Y (type In), from which the next step
+// reads its A operand. In = float: P and Y are the same matrix (updated in place) and
+// WT is W_hh^T (H x H). In = BFloat16: WT is W_hh^T packed by avx512::pack_pairs.
+template <typename In>
+void forward_direction_avx512(const RnnSizes& s, int64_t d, const In* WT, int64_t ldw,
+                              const float* bias, const In* hx_d, float* P, In* Y, In* hn_d,
+                              int64_t c0, int64_t c1, int team) {
   const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
   const auto& bs = s.batch_sizes;
   const auto& off = s.offsets;
-  float* Yd = Y + d * H;
-  avx512::StepArgs a;
+  float* Pd = P + d * H;
+  In* Yd = Y + d * H;
+  avx512::StepArgsT<In> a;
   a.N = H;
   a.K = H;
   a.B = WT;
-  a.ldb = H;
+  a.ldb = ldw;
   a.ldc = DH;
+  a.ldo = DH;
   a.bias = bias;
   a.act = s.act;
   a.epilogue = avx512::Epilogue::Activate;
-  auto copy_cols = [&](int64_t nrows, const float* src, int64_t lds, float* dst, int64_t ldd) {
+  auto at_rows = [&](int64_t row) {  // the step's output rows start at `row`
+    a.C = Pd + row * DH;
+    a.O = Yd + row * DH;
+  };
+  auto copy_cols = [&](int64_t nrows, const In* src, int64_t lds, In* dst, int64_t ldd) {
     for (int64_t r = 0; r < nrows; ++r)
-      std::memcpy(dst + r * ldd + c0, src + r * lds + c0, sizeof(float) * (c1 - c0));
+      std::memcpy(dst + r * ldd + c0, src + r * lds + c0, sizeof(In) * (c1 - c0));
   };
   if (d == 0) {
     for (int64_t t = 0; t < T_; ++t) {
       a.M = bs[t];
       a.A = t == 0 ? hx_d : Yd + off[t - 1] * DH;
       a.lda = t == 0 ? H : DH;
-      a.C = Yd + off[t] * DH;
+      at_rows(off[t]);
       avx512::step(a, c0, c1);
       const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-      copy_cols(bs[t] - live_next, a.C + live_next * DH, DH, hn_d + live_next * H, H);
+      copy_cols(bs[t] - live_next, a.O + live_next * DH, DH, hn_d + live_next * H, H);
       team_barrier(team);
     }
   } else {
     for (int64_t t = T_ - 1; t >= 0; --t) {
       const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-      float* Yt = Yd + off[t] * DH;
       a.M = live_next;
       a.A = Yd + (t + 1 < T_ ? off[t + 1] : 0) * DH;
       a.lda = DH;
-      a.C = Yt;
+      at_rows(off[t]);
       avx512::step(a, c0, c1);
       a.M = bs[t] - live_next;
       a.A = hx_d + live_next * H;
       a.lda = H;
-      a.C = Yt + live_next * DH;
+      at_rows(off[t] + live_next);
       avx512::step(a, c0, c1);
       team_barrier(team);
     }
@@ -276,70 +301,83 @@ void forward_direction_f32(const RnnSizes& s, int64_t d, const float* WT, const 
   }
 }
 
-// Backward time loop of one direction on columns [c0, c1). dZ holds dY (plus the
-// h_n gradient, already added) and becomes dZ; W is W_hh (H x H) row-major.
-void backward_direction_f32(const RnnSizes& s, int64_t d, const float* W, const float* Y,
-                            float* dZ, float* dhx_d, int64_t c0, int64_t c1, int team) {
+// Backward time loop of one direction on columns [c0, c1). dZ (float32) holds dY (plus
+// the h_n gradient, already added) and becomes dZ; Y (type In) holds the states.
+// In = float: W is W_hh (H x H) row-major, and each step reads dZ itself.
+// In = BFloat16: W is W_hh packed by avx512::pack_pairs, and every step also writes its
+// rows of dZ rounded to bf16 into dZo, from which the next step reads.
+// dhx_d (float32) receives dZ[first step] @ W_hh.
+template <typename In>
+void backward_direction_avx512(const RnnSizes& s, int64_t d, const In* W, int64_t ldw,
+                               const In* Y, float* dZ, In* dZo, float* dhx_d, int64_t c0,
+                               int64_t c1, int team) {
   const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
   const auto& bs = s.batch_sizes;
   const auto& off = s.offsets;
-  const float* Yd = Y + d * H;
+  const In* Yd = Y + d * H;
   float* dZd = dZ + d * H;
-  avx512::StepArgs g;  // dZ[t] = (dZ[t] + dZ[src] @ W_hh) * act'(Y[t])
+  const In* src;  // dZ as the A operand
+  if constexpr (std::is_same_v<In, float>) src = dZd;
+  else src = dZo + d * H;
+  In* dZod = dZo ? dZo + d * H : nullptr;
+  avx512::StepArgsT<In> g;  // dZ[t] = (dZ[t] + dZ[src] @ W_hh) * act'(Y[t])
   g.N = H;
   g.B = W;
-  g.ldb = H;
+  g.ldb = ldw;
   g.lda = DH;
   g.ldc = DH;
+  g.ldo = DH;
   g.ldy = DH;
   g.act = s.act;
   g.epilogue = avx512::Epilogue::ActGrad;
-  avx512::StepArgs st;  // dhx rows = dZ[src] @ W_hh
+  auto at_rows = [&](int64_t row) {
+    g.C = dZd + row * DH;
+    g.O = dZod ? dZod + row * DH : nullptr;
+    g.Y = Yd + row * DH;
+  };
+  avx512::StepArgsT<In> st;  // dhx rows = dZ[src] @ W_hh
   st.N = H;
   st.K = H;
   st.B = W;
-  st.ldb = H;
+  st.ldb = ldw;
   st.lda = DH;
   st.ldc = H;
   st.epilogue = avx512::Epilogue::Store;
   if (d == 0) {
     for (int64_t t = T_ - 1; t >= 0; --t) {
       const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-      g.C = dZd + off[t] * DH;
-      g.Y = Yd + off[t] * DH;
+      at_rows(off[t]);
       g.M = live_next;
       g.K = H;
-      g.A = dZd + (t + 1 < T_ ? off[t + 1] : 0) * DH;
+      g.A = src + (t + 1 < T_ ? off[t + 1] : 0) * DH;
       avx512::step(g, c0, c1);
-      g.M = bs[t] - live_next;  // sequences ending at t: no recurrent gradient
+      at_rows(off[t] + live_next);  // sequences ending at t: no recurrent gradient
+      g.M = bs[t] - live_next;
       g.K = 0;
-      g.C += live_next * DH;
-      g.Y += live_next * DH;
       avx512::step(g, c0, c1);
       team_barrier(team);
     }
     st.M = bs[0];
-    st.A = dZd + off[0] * DH;
+    st.A = src + off[0] * DH;
     st.C = dhx_d;
     avx512::step(st, c0, c1);
   } else {
     for (int64_t t = 0; t < T_; ++t) {
-      g.C = dZd + off[t] * DH;
-      g.Y = Yd + off[t] * DH;
+      at_rows(off[t]);
       g.M = bs[t];
       g.K = t == 0 ? 0 : H;
-      g.A = dZd + (t == 0 ? 0 : off[t - 1]) * DH;
+      g.A = src + (t == 0 ? 0 : off[t - 1]) * DH;
       avx512::step(g, c0, c1);
       if (t > 0) {  // rows of step t-1 that started from hx
         st.M = bs[t - 1] - bs[t];
-        st.A = dZd + (off[t - 1] + bs[t]) * DH;
+        st.A = src + (off[t - 1] + bs[t]) * DH;
         st.C = dhx_d + bs[t] * H;
         avx512::step(st, c0, c1);
       }
       team_barrier(team);
     }
     st.M = bs[T_ - 1];
-    st.A = dZd + off[T_ - 1] * DH;
+    st.A = src + off[T_ - 1] * DH;
     st.C = dhx_d;
     avx512::step(st, c0, c1);
   }
@@ -355,17 +393,10 @@ void forward_layer_fast(const RnnSizes& s, int64_t layer, const float* X, int64_
     gemm_any<float>(false, true, s.rows, H, I_l, X, I_l, w.w_ih, I_l, 0.f, Y + d * H, DH);
     transpose_to(w.w_hh, H, H, H, WT.data() + d * H * H);
   }
-  const TeamPlan plan = plan_team(s);
-  run_team(plan, [&](int tid, int n) {
-    for (int64_t d = 0; d < s.D; ++d) {
-      if (plan.per_direction && d != tid) continue;
-      const int64_t ld = layer * s.D + d;
-      auto [c0, c1] = plan.per_direction ? std::pair<int64_t, int64_t>{0, H}
-                                         : column_slice(H, tid, n);
-      forward_direction_f32(s, d, WT.data() + d * H * H, lw[ld].bias.data(),
-                            hx + ld * s.N * H, Y, h_n + ld * s.N * H, c0, c1,
-                            plan.per_direction ? 1 : n);
-    }
+  run_directions(s, [&](int64_t d, int64_t c0, int64_t c1, int team) {
+    const int64_t ld = layer * s.D + d;
+    forward_direction_avx512<float>(s, d, WT.data() + d * H * H, H, lw[ld].bias.data(),
+                                    hx + ld * s.N * H, Y, Y, h_n + ld * s.N * H, c0, c1, team);
   });
 }
 
@@ -482,14 +513,33 @@ void add_grad_h_n(const RnnSizes& s, int64_t d, const T* dhn_d, T* dZ) {
   }
 }
 
+// H_prev (rows x H) = the hidden state each step of direction d started from (same
+// rows as dZ[t]): hx or the previous step's output in Y (rows x D*H).
+template <typename T>
+void gather_h_prev(const RnnSizes& s, int64_t d, const T* hx_d, const T* Y, T* H_prev) {
+  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
+  const auto& bs = s.batch_sizes;
+  const auto& off = s.offsets;
+  const T* Yd = Y + d * H;
+  for (int64_t t = 0; t < T_; ++t) {
+    T* dst = H_prev + off[t] * H;
+    if (d == 0) {
+      if (t == 0) copy_rows<T>(bs[0], H, hx_d, H, dst, H, false);
+      else copy_rows<T>(bs[t], H, Yd + off[t - 1] * DH, DH, dst, H, false);
+    } else {
+      const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
+      if (live_next > 0) copy_rows<T>(live_next, H, Yd + off[t + 1] * DH, DH, dst, H, false);
+      copy_rows<T>(bs[t] - live_next, H, hx_d + live_next * H, H, dst + live_next * H, H, false);
+    }
+  }
+}
+
 template <typename T>
 void backward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
                     const std::vector<LayerWeights<T>>& lw, const T* hx, const T* Y, T* dZ,
                     const T* grad_h_n, T* dX, T* grad_hx, T* H_prev,
                     const std::vector<at::Tensor>& grad_weights) {
-  const int64_t H = s.H, DH = s.D * s.H, T_ = s.T;
-  const auto& bs = s.batch_sizes;
-  const auto& off = s.offsets;
+  const int64_t H = s.H, DH = s.D * s.H;
 
   if (grad_h_n)
     for (const auto d : c10::irange(s.D))
@@ -499,16 +549,10 @@ void backward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
   if constexpr (std::is_same_v<T, float>) {
     fast = use_fast_path();
     if (fast) {
-      const TeamPlan plan = plan_team(s);
-      run_team(plan, [&](int tid, int n) {
-        for (int64_t d = 0; d < s.D; ++d) {
-          if (plan.per_direction && d != tid) continue;
-          const int64_t ld = layer * s.D + d;
-          auto [c0, c1] = plan.per_direction ? std::pair<int64_t, int64_t>{0, H}
-                                             : column_slice(H, tid, n);
-          backward_direction_f32(s, d, lw[ld].w_hh, Y, dZ, grad_hx + ld * s.N * H, c0, c1,
-                                 plan.per_direction ? 1 : n);
-        }
+      run_directions(s, [&](int64_t d, int64_t c0, int64_t c1, int team) {
+        const int64_t ld = layer * s.D + d;
+        backward_direction_avx512<float>(s, d, lw[ld].w_hh, H, Y, dZ, nullptr,
+                                         grad_hx + ld * s.N * H, c0, c1, team);
       });
     }
   }
@@ -522,22 +566,8 @@ void backward_layer(const RnnSizes& s, int64_t layer, const T* X, int64_t I_l,
   for (const auto d : c10::irange(s.D)) {
     const int64_t ld = layer * s.D + d;
     const LayerWeights<T>& w = lw[ld];
-    const T* hx_d = hx + ld * s.N * H;
-    const T* Yd = Y + d * H;
     T* dZd = dZ + d * H;
-
-    // H_prev[t] = the hidden state step t started from (same rows as dZ[t]).
-    for (int64_t t = 0; t < T_; ++t) {
-      T* dst = H_prev + off[t] * H;
-      if (d == 0) {
-        if (t == 0) copy_rows<T>(bs[0], H, hx_d, H, dst, H, false);
-        else copy_rows<T>(bs[t], H, Yd + off[t - 1] * DH, DH, dst, H, false);
-      } else {
-        const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-        if (live_next > 0) copy_rows<T>(live_next, H, Yd + off[t + 1] * DH, DH, dst, H, false);
-        copy_rows<T>(bs[t] - live_next, H, hx_d + live_next * H, H, dst + live_next * H, H, false);
-      }
-    }
+    gather_h_prev<T>(s, d, hx + ld * s.N * H, Y, H_prev);
 
     const int64_t base = ld * s.weights_per_layer();
     gemm_any<T>(true, false, H, I_l, s.rows, dZd, DH, X, I_l, T(0),
@@ -580,12 +610,157 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
   }
 }
 
+// ---------------------------------------------------------------------------
+// bfloat16 on AVX512-BF16: bf16 operands, float32 accumulation
+// ---------------------------------------------------------------------------
+// Every product multiplies bf16 operands and accumulates in float32 (vdpbf16ps). The
+// input projection, the pre-activation and the gradients dZ stay float32; each
+// state h_t is rounded to bf16 once (it is the op's output) and the next step
+// multiplies that rounded state, as bf16 nn.RNN does (which in addition rounds the
+// projection, each sum and tanh's argument to bf16). The recurrent GEMMs use the
+// step kernel, every other GEMM the same kernel tiled; results do not depend on the
+// thread count except for the bias gradient (at::sum), as in float32.
+
+using at::BFloat16;
+
+bool use_bf16_path(const at::Tensor& input) {
+  return input.scalar_type() == at::kBFloat16 && avx512::bf16_supported();
+}
+
+// The K x N matrix with element (k, n) at src[k * k_stride + n * n_stride], packed in
+// k-pairs for the bf16 kernels (row stride 2N).
+at::Tensor pack_pairs(int64_t K, int64_t N, const BFloat16* src, int64_t k_stride,
+                      int64_t n_stride, const at::TensorOptions& options) {
+  at::Tensor P = at::empty({(K + 1) / 2, 2 * N}, options);
+  avx512::pack_pairs(K, N, src, k_stride, n_stride, P.mutable_data_ptr<BFloat16>());
+  return P;
+}
+
+// b_ih + b_hh in float32 per layer/direction (zeros without biases).
+std::vector<std::vector<float>> float_biases(const RnnSizes& s,
+                                             const std::vector<at::Tensor>& weights) {
+  std::vector<std::vector<float>> out(s.NL * s.D, std::vector<float>(s.H, 0.f));
+  if (!s.has_biases) return out;
+  for (const auto i : c10::irange(s.NL * s.D)) {
+    const BFloat16* b_ih = weights[i * 4 + 2].const_data_ptr<BFloat16>();
+    const BFloat16* b_hh = weights[i * 4 + 3].const_data_ptr<BFloat16>();
+    for (const auto j : c10::irange(s.H)) out[i][j] = float(b_ih[j]) + float(b_hh[j]);
+  }
+  return out;
+}
+
+void forward_bf16(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx,
+                  const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& masks,
+                  const at::Tensor& out2d, const at::Tensor& h_n, const at::Tensor& workspace) {
+  const int64_t H = s.H, DH = s.D * s.H;
+  const auto biases = float_biases(s, weights);
+  at::Tensor P = at::empty({s.rows, DH}, x2d.options().dtype(at::kFloat));
+  for (const auto layer : c10::irange(s.NL)) {
+    const at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    std::vector<at::Tensor> WT(s.D);  // B(k, n) = W_hh[n][k]
+    for (const auto d : c10::irange(s.D)) {
+      const int64_t base = (layer * s.D + d) * s.weights_per_layer();
+      const at::Tensor Wih = pack_pairs(I_l, H, weights[base].const_data_ptr<BFloat16>(), 1,
+                                        I_l, x2d.options());
+      avx512::gemm(s.rows, H, I_l, X.const_data_ptr<BFloat16>(), I_l,
+                   Wih.const_data_ptr<BFloat16>(), 2 * H, P.mutable_data_ptr<float>() + d * H,
+                   DH, false);
+      WT[d] = pack_pairs(H, H, weights[base + 1].const_data_ptr<BFloat16>(), 1, H, x2d.options());
+    }
+    run_directions(s, [&](int64_t d, int64_t c0, int64_t c1, int team) {
+      const int64_t ld = layer * s.D + d;
+      forward_direction_avx512<BFloat16>(
+          s, d, WT[d].const_data_ptr<BFloat16>(), 2 * H, biases[ld].data(),
+          hx.const_data_ptr<BFloat16>() + ld * s.N * H, P.mutable_data_ptr<float>(),
+          Y.mutable_data_ptr<BFloat16>(), h_n.mutable_data_ptr<BFloat16>() + ld * s.N * H,
+          c0, c1, team);
+    });
+  }
+}
+
+// dZ: float32 (rows, D*H), the output gradient; ghn: float32 h_n gradient or undefined.
+void backward_bf16(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx,
+                   const std::vector<at::Tensor>& weights, const std::optional<at::Tensor>& masks,
+                   const at::Tensor& out2d, const at::Tensor& workspace, at::Tensor dZ,
+                   const at::Tensor& ghn, const at::Tensor& grad_x2d, const at::Tensor& grad_hx,
+                   const std::vector<at::Tensor>& grad_weights) {
+  const int64_t H = s.H, DH = s.D * s.H;
+  const auto bf16 = x2d.options();
+  const auto f32 = bf16.dtype(at::kFloat);
+  at::Tensor dZo = at::empty({s.rows, DH}, bf16);  // dZ rounded: the GEMMs' operand
+  at::Tensor dZt = at::empty({H, s.rows}, bf16);   // one direction's dZo, transposed
+  at::Tensor H_prev = at::empty({s.rows, H}, bf16);
+  at::Tensor dhx = at::empty({s.NL * s.D, s.N, H}, f32);
+  for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
+    const at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    float* dZp = dZ.mutable_data_ptr<float>();
+    std::vector<at::Tensor> W(s.D);  // B(k, n) = W_hh[k][n]
+    for (const auto d : c10::irange(s.D)) {
+      const int64_t ld = layer * s.D + d;
+      if (ghn.defined()) add_grad_h_n<float>(s, d, ghn.const_data_ptr<float>() + ld * s.N * H, dZp);
+      W[d] = pack_pairs(H, H, weights[ld * s.weights_per_layer() + 1].const_data_ptr<BFloat16>(),
+                        H, 1, bf16);
+    }
+    run_directions(s, [&](int64_t d, int64_t c0, int64_t c1, int team) {
+      const int64_t ld = layer * s.D + d;
+      backward_direction_avx512<BFloat16>(
+          s, d, W[d].const_data_ptr<BFloat16>(), 2 * H, Y.const_data_ptr<BFloat16>(), dZp,
+          dZo.mutable_data_ptr<BFloat16>(), dhx.mutable_data_ptr<float>() + ld * s.N * H, c0,
+          c1, team);
+    });
+
+    // dW_ih = dZ^T X, dW_hh = dZ^T H_prev, db = sum dZ, dX = dZ W_ih: K = rows for the
+    // weight gradients, so dZ is transposed and X / H_prev packed in row pairs.
+    const at::Tensor Xp = pack_pairs(s.rows, I_l, X.const_data_ptr<BFloat16>(), I_l, 1, bf16);
+    at::Tensor dX = at::empty({s.rows, I_l}, f32);
+    for (const auto d : c10::irange(s.D)) {
+      const int64_t ld = layer * s.D + d, base = ld * s.weights_per_layer();
+      gather_h_prev<BFloat16>(s, d, hx.const_data_ptr<BFloat16>() + ld * s.N * H,
+                              Y.const_data_ptr<BFloat16>(), H_prev.mutable_data_ptr<BFloat16>());
+      const at::Tensor Hp = pack_pairs(s.rows, H, H_prev.const_data_ptr<BFloat16>(), H, 1, bf16);
+      avx512::transpose(s.rows, H, dZo.const_data_ptr<BFloat16>() + d * H, DH,
+                        dZt.mutable_data_ptr<BFloat16>());
+      at::Tensor g = at::empty({H, std::max(I_l, H)}, f32);
+      avx512::gemm(H, I_l, s.rows, dZt.const_data_ptr<BFloat16>(), s.rows,
+                   Xp.const_data_ptr<BFloat16>(), 2 * I_l, g.mutable_data_ptr<float>(), I_l,
+                   false);
+      grad_weights[base].copy_(g.view(-1).narrow(0, 0, H * I_l).view({H, I_l}));
+      avx512::gemm(H, H, s.rows, dZt.const_data_ptr<BFloat16>(), s.rows,
+                   Hp.const_data_ptr<BFloat16>(), 2 * H, g.mutable_data_ptr<float>(), H, false);
+      grad_weights[base + 1].copy_(g.view(-1).narrow(0, 0, H * H).view({H, H}));
+      if (s.has_biases) {
+        const at::Tensor db = at::sum(dZ.narrow(1, d * H, H), {0});
+        grad_weights[base + 2].copy_(db);
+        grad_weights[base + 3].copy_(db);
+      }
+      const at::Tensor Wih = pack_pairs(H, I_l, weights[base].const_data_ptr<BFloat16>(), I_l, 1,
+                                        bf16);
+      avx512::gemm(s.rows, I_l, H, dZo.const_data_ptr<BFloat16>() + d * H, DH,
+                   Wih.const_data_ptr<BFloat16>(), 2 * I_l, dX.mutable_data_ptr<float>(), I_l,
+                   d == 1);
+    }
+    if (layer == 0) {
+      grad_x2d.copy_(dX);
+    } else {
+      // The layer below's output gradient; dropout's backward is the same mask.
+      if (masks.has_value() && masks->defined()) dX.mul_((*masks)[layer - 1]);
+      dZ = dX;
+    }
+  }
+  grad_hx.copy_(dhx);
+}
+
 void check_cpu_dtype(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
               ": the CPU kernels support float32 and float64 inputs, got ", input.scalar_type());
 }
 
-// float16 / bfloat16 run the float32 kernels on upcast copies: every product is
+// float16 (and bfloat16 on CPUs without AVX512-BF16) run the float32 kernels on
+// upcast copies: every product is
 // accumulated in float32 and the hidden state stays float32 along the sequence;
 // only the returned tensors are rounded to the input's dtype.
 bool is_reduced(const at::Tensor& t) {
@@ -609,6 +784,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const char* op = "rnnfast.rnn_forward";
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
                                     has_biases, num_layers, nonlinearity, bidirectional);
+  if (use_bf16_path(input)) {
+    auto [output, h_n, workspace] = allocate_forward_outputs(s, input);
+    if (nothing_to_compute(s)) return {output, h_n, workspace};
+    forward_bf16(s, input.contiguous().view({s.rows, s.I}), hx.contiguous(),
+                 contiguous_all(weights), dropout_masks, output.view({s.rows, s.D * s.H}), h_n,
+                 workspace);
+    return {output, h_n, workspace};
+  }
   if (is_reduced(input)) {
     const auto dt = input.scalar_type();
     auto [o, h, w] = rnn_forward_cpu(to_f32(input), to_f32(hx), to_f32(weights), batch_sizes,
@@ -639,6 +822,20 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
                                     has_biases, num_layers, nonlinearity, bidirectional);
   check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
+  if (use_bf16_path(input)) {
+    auto [grad_input, grad_hx, grad_weights] = allocate_backward_outputs(s, input, hx, weights);
+    if (nothing_to_compute(s)) return {grad_input, grad_hx, grad_weights};
+    const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
+    backward_bf16(s, input.contiguous().view({s.rows, s.I}), hx.contiguous(),
+                  contiguous_all(weights), dropout_masks,
+                  output.contiguous().view({s.rows, s.D * s.H}), workspace.contiguous(),
+                  grad_output.has_value() && grad_output->defined()
+                      ? grad_output->reshape({s.rows, s.D * s.H}).to(at::kFloat).contiguous()
+                      : at::zeros({s.rows, s.D * s.H}, input.options().dtype(at::kFloat)),
+                  has_ghn ? grad_h_n->to(at::kFloat).contiguous() : at::Tensor(),
+                  grad_input.view({s.rows, s.I}), grad_hx, grad_weights);
+    return {grad_input, grad_hx, grad_weights};
+  }
   if (is_reduced(input)) {
     const auto dt = input.scalar_type();
     auto [gi, ghx, gw] = rnn_backward_cpu(
@@ -681,6 +878,8 @@ void cell_bias_act(Activation act, int64_t N, int64_t H, const T* bias, T* h) {
       a.N = H;
       a.C = h;
       a.ldc = H;
+      a.O = h;
+      a.ldo = H;
       a.bias = bias;
       a.act = act;
       a.epilogue = avx512::Epilogue::Activate;
