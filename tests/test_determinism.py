@@ -187,3 +187,19 @@ def test_what_varies_with_the_thread_count(name):
                         f"float32 with {n} threads vs 1")
         # Same thread count again: bitwise.
         _assert_bitwise(_run(cfg, rnn, x, hx, lengths), many, names, f"repeat at {n} threads")
+
+
+def test_cell_output_does_not_depend_on_the_thread_count():
+    # float32 cell forward: rows in fixed blocks, one single-thread GEMM each; 100 rows
+    # span several blocks, so 2-3 threads really split the work.
+    cell = rnnfast.RNNCell(48, 40)
+    x, h = torch.randn(100, 48), torch.randn(100, 40)
+    previous = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(cell(x, h))
+    finally:
+        torch.set_num_threads(previous)
+    _assert_bitwise(outs[1:], [outs[0], outs[0]], ["2 threads", "3 threads"], "cell forward")

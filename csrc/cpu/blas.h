@@ -18,6 +18,9 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
             const double* beta, double* c, const int* ldc) __attribute__((weak));
+// MKL's per-thread override of its thread count (0 restores the global setting).
+// (MKL_Set_Num_Threads_Local is the C entry; the lower-case name is the Fortran one.)
+int MKL_Set_Num_Threads_Local(int nt) __attribute__((weak));
 }
 
 namespace rnnfast::cpu {
@@ -78,6 +81,21 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
   } else {
     dgemm_(&ta, &tb, &m, &n, &k, &alpha, B, &ld_b_op, A, &ld_a_op, &beta, C, &ld_c);
   }
+}
+
+// gemm() on one MKL thread, whatever torch's thread count: for small products, whose
+// results must not depend on the thread count. Only when MKL is there.
+inline bool have_one_thread_blas() {
+  return have_fast_blas() && MKL_Set_Num_Threads_Local != nullptr;
+}
+
+template <typename T>
+void gemm_one_thread(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+                     const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
+                     int64_t ldc) {
+  const int previous = MKL_Set_Num_Threads_Local(1);
+  gemm<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  MKL_Set_Num_Threads_Local(previous);
 }
 
 }  // namespace rnnfast::cpu
