@@ -96,6 +96,18 @@ def test_guard_rejects_wrong_gradients(tmp_path, monkeypatch):
     assert "grad_" in rows["fwdbwd"]["message"] and "speedup" not in rows["fwdbwd"]
 
 
+def test_reduced_precision_is_timed_against_float32(tmp_path):
+    out = tmp_path / "res"
+    assert main([*TINY, "--out", str(out), "--no-plot", "--dtype", "float32,bfloat16"]) == 0
+    doc = _load_json(out)
+    (g,) = doc["reduced_vs_float32"]
+    assert g["dtype"] == "bfloat16" and g["config"]["H"] == 8
+    for mode in ("fwd", "fwdbwd"):
+        assert g["speedup"][mode] > 0 and g["float32_ms"][mode] > 0 and g["reduced_ms"][mode] > 0
+    assert g["target"] == 1.6 and isinstance(g["meets_target"], bool)
+    assert "rnnfast bfloat16 vs rnnfast float32" in (out / "results.md").read_text()
+
+
 def test_unsupported_dtype_is_reported(tmp_path, monkeypatch, capsys):
     import rnnfast.bench.runner as runner
 

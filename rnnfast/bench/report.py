@@ -146,11 +146,25 @@ def _gflops_lines(doc: dict) -> list[str]:
     return lines
 
 
+def _reduced_lines(doc: dict) -> list[str]:
+    lines = []
+    for g in doc.get("reduced_vs_float32", []):
+        lines.append(f"rnnfast {g['dtype']} vs rnnfast float32 on {g['label']} (interleaved, "
+                     "median of per-repeat ratios):")
+        for mode, sp in g["speedup"].items():
+            lines.append(f"  {MODE_NAMES[mode]:<8} {g['float32_ms'][mode]:9.2f} ms -> "
+                         f"{g['reduced_ms'][mode]:9.2f} ms  ({sp:.2f}x)")
+        if "target" in g:
+            verdict = "meets" if g["meets_target"] else "is below"
+            lines.append(f"  target fwd+bwd >= {g['target']:.1f}x: rnnfast {verdict} it")
+    return lines
+
+
 NOISY = 0.15  # median row noise above which the summary warns
 
 
 def format_summary(doc: dict) -> str:
-    lines = _geomean_lines(doc) + _gflops_lines(doc)
+    lines = _geomean_lines(doc) + _gflops_lines(doc) + _reduced_lines(doc)
     noise = doc.get("median_noise")
     if noise is not None and noise > NOISY:
         m = doc["machine"]

@@ -23,6 +23,7 @@ __all__ = ["Settings", "run_benchmarks", "geomean", "SCHEMA"]
 
 SCHEMA = "rnnfast-bench/1"
 GFLOPS_TARGET = 0.70  # the CPU-performance issue: rnnfast >= 70% of torch.mm's GFLOP/s
+BF16_CPU_TARGET = 1.6  # the CPU-performance issue: bf16 fwd+bwd >= 1.6x our float32
 
 # Row statuses. Only "ok" rows carry timings; FAILED / ERROR make the CLI exit non-zero.
 OK, FAILED, ERROR, UNSUPPORTED = "ok", "FAILED", "ERROR", "UNSUPPORTED"
@@ -153,6 +154,31 @@ def _gflops_section(
     return out
 
 
+def _reduced_vs_float32_section(
+    cfg: Config, dtype_name: str, device: torch.device, modes: list[str], st: Settings,
+) -> dict:
+    """rnnfast in a reduced dtype against rnnfast in float32 on cfg, interleaved in the
+    same repeats; speedup = median over repeats of (float32 time / reduced time)."""
+    full = Workload(cfg, DTYPES["float32"], device, seed=st.seed)
+    low = Workload(cfg, DTYPES[dtype_name], device, seed=st.seed)
+    out = {"config": cfg.as_dict(), "label": cfg.label, "dtype": dtype_name, "speedup": {},
+           "float32_ms": {}, "reduced_ms": {}}
+    for mode in modes:
+        s = interleaved({"float32": full.fn("rnnfast", mode), "reduced": low.fn("rnnfast", mode)},
+                        device, warmup=st.warmup, min_repeats=st.min_repeats,
+                        max_repeats=st.max_repeats, budget_s=st.budget_s,
+                        min_block_s=st.min_block_s)
+        out["speedup"][mode] = s.paired_ratio("float32", "reduced")
+        out["float32_ms"][mode] = s.median_s("float32") * 1e3
+        out["reduced_ms"][mode] = s.median_s("reduced") * 1e3
+        out.setdefault("repeats", {})[mode] = len(s.times["float32"])
+    if device.type == "cpu" and dtype_name == "bfloat16" and "fwdbwd" in modes:
+        out["target"] = BF16_CPU_TARGET
+        out["meets_target"] = out["speedup"]["fwdbwd"] >= BF16_CPU_TARGET
+    del full, low
+    return out
+
+
 def run_benchmarks(
     configs: list[Config],
     *,
@@ -253,6 +279,27 @@ def run_benchmarks(
                     say(f"GFLOP/s measurement failed: {type(e).__name__}: {e}")
                 _release(device)
 
+        # Reduced precision against float32 (both rnnfast), on the largest config that
+        # ran in both: what bf16/fp16 buy over float32 on this machine.
+        reduced = []
+        if st.gflops and "float32" in dtypes:
+            for dtype_name in dtypes:
+                if dtype_name not in ("bfloat16", "float16"):
+                    continue
+                both = [Config(**r["config"]) for r in rows if r["dtype"] == dtype_name
+                        and r["status"] == OK and any(
+                            q["dtype"] == "float32" and q["status"] == OK
+                            and q["label"] == r["label"] for q in rows)]
+                if not both:
+                    continue
+                big = max(both, key=lambda c: (c.flops(), c.tokens))
+                bar.describe(f"{dtype_name} vs float32: {big.label}")
+                try:
+                    reduced.append(_reduced_vs_float32_section(big, dtype_name, device, modes, st))
+                except Exception as e:  # noqa: BLE001
+                    say(f"{dtype_name} vs float32 measurement failed: {type(e).__name__}: {e}")
+                _release(device)
+
     summary = {}
     for dtype_name in dtypes:
         for mode in modes:
@@ -278,6 +325,7 @@ def run_benchmarks(
         "results": rows,
         "geomean": summary,
         "gflops": gflops,
+        "reduced_vs_float32": reduced,
         "unsupported": unsupported,
         "counts": counts,
         "elapsed_s": time.perf_counter() - t0,
