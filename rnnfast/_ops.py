@@ -98,11 +98,17 @@ def _validate_rnn(op, input, hx, weights, batch_sizes, dropout_masks, has_biases
             _fail(op, "batch_sizes must be a 1-D int64 CPU tensor")
         if batch_sizes.numel() == 0:
             _fail(op, "batch_sizes must not be empty")
-        N, rows = hx.shape[1] if hx.dim() == 3 else -1, input.shape[0]
+        # N = batch_sizes[0], whose value a fake batch_sizes does not have: hx's batch
+        # size stands in for it (the real kernels check it against batch_sizes[0]).
+        if not isinstance(hx, Tensor) or hx.dim() != 3:
+            _check_like(op, "hx", hx, input, None)
+            _fail(op, f"hx must have shape [{num_layers * D}, batch_sizes[0], {H}], got "
+                      f"{list(hx.shape)}")
+        N, rows = hx.shape[1], input.shape[0]
     else:
         torch._check(input.shape[0] > 0, lambda: "Expected sequence length to be larger than 0 in RNN")
         N, rows = input.shape[1], input.shape[0] * input.shape[1]
-    _check_like(op, "hx", hx, input, (num_layers * D, N, H) if N >= 0 else None)
+    _check_like(op, "hx", hx, input, (num_layers * D, N, H))
     names = _weight_names(num_layers, bidirectional, has_biases)
     for i, w in enumerate(weights):
         layer, k = i // (D * per), i % per
