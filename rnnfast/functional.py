@@ -10,7 +10,113 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import _ops
+
 __all__ = ["rnn", "rnn_cell"]
+
+
+# torch.func transforms (grad, vjp, jacrev, vmap over them) need an autograd.Function
+# with setup_context; the ops' own autograd (torch.library.register_autograd) is not
+# one. Inside a transform the ops are called through these Functions, which reuse the
+# ops' setup and backward (rnnfast/_ops.py); everywhere else the ops are called directly.
+
+
+def _in_functorch_transform() -> bool:
+    # torch.compile traces the ops themselves (their fake kernels and registered autograd).
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+class _RNNForward(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, hx, batch_sizes, masks, has_biases, num_layers, nonlinearity,
+                bidirectional, *weights):
+        return torch.ops.rnnfast.rnn_forward(input, hx, list(weights), batch_sizes, masks,
+                                             has_biases, num_layers, nonlinearity, bidirectional)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (input, hx, batch_sizes, masks, has_biases, num_layers, nonlinearity, bidirectional,
+         *weights) = inputs
+        ctx.mark_non_differentiable(output[2])
+        _ops._rnn_forward_setup(ctx, (input, hx, weights, batch_sizes, masks, has_biases,
+                                      num_layers, nonlinearity, bidirectional), output)
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n, _grad_workspace):
+        input, hx, batch_sizes, masks, out, workspace, *weights = ctx.saved_tensors
+        grad_input, grad_hx, *grad_weights = _RNNBackward.apply(
+            grad_output, grad_h_n, input, hx, batch_sizes, masks, out, workspace, *ctx.attrs,
+            *weights)
+        return (grad_input, grad_hx, None, None, None, None, None, None, *grad_weights)
+
+
+class _RNNBackward(torch.autograd.Function):
+    """_rnn_backward, differentiable once more (the double backward of _ops.py)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_output, grad_h_n, input, hx, batch_sizes, masks, out, workspace,
+                has_biases, num_layers, nonlinearity, bidirectional, *weights):
+        grad_input, grad_hx, grad_weights = torch.ops.rnnfast._rnn_backward(
+            grad_output, grad_h_n, input, hx, list(weights), batch_sizes, masks, out, workspace,
+            has_biases, num_layers, nonlinearity, bidirectional)
+        return (grad_input, grad_hx, *grad_weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (grad_output, grad_h_n, input, hx, batch_sizes, masks, out, workspace, has_biases,
+         num_layers, nonlinearity, bidirectional, *weights) = inputs
+        _ops._rnn_backward_setup(ctx, (grad_output, grad_h_n, input, hx, weights, batch_sizes,
+                                       masks, out, workspace, has_biases, num_layers,
+                                       nonlinearity, bidirectional), output)
+
+    @staticmethod
+    def backward(ctx, gg_input, gg_hx, *gg_weights):
+        g_go, g_ghn, g_x, g_h0, g_w, *_ = _ops._rnn_backward_backward(
+            ctx, gg_input, gg_hx, list(gg_weights))
+        return (g_go, g_ghn, g_x, g_h0, None, None, None, None, None, None, None, None, *g_w)
+
+
+class _RNNCellForward(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+        return torch.ops.rnnfast.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _ops._cell_setup(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        input, hx, w_ih, w_hh, h = ctx.saved_tensors
+        gx, ghx, gwi, gwh, gb = _RNNCellBackward.apply(grad_h, input, hx, w_ih, w_hh, h,
+                                                       ctx.has_bias, ctx.nonlinearity)
+        return gx, ghx, gwi, gwh, gb if ctx.has_bias else None, \
+            gb.clone() if ctx.has_bias else None, None
+
+
+class _RNNCellBackward(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinearity):
+        return torch.ops.rnnfast._rnn_cell_backward(grad_h, input, hx, w_ih, w_hh, h, has_bias,
+                                                    nonlinearity)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _ops._cell_backward_setup(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, gg_x, gg_hx, gg_wi, gg_wh, gg_b):
+        return _ops._cell_backward_backward(ctx, gg_x, gg_hx, gg_wi, gg_wh, gg_b)
 
 
 def _autocast(*tensors):
@@ -91,9 +197,13 @@ def rnn(
             input.shape[0], input.shape[1], D * H)
         masks = _dropout_masks(layer_shape, num_layers, float(dropout), input)
         masks = masks.view(num_layers - 1, -1, D * H)
-    output, h_n, _ = torch.ops.rnnfast.rnn_forward(
-        input, hx, weights, batch_sizes, masks, has_biases, num_layers, nonlinearity, bidirectional
-    )
+    if _in_functorch_transform():
+        output, h_n, _ = _RNNForward.apply(input, hx, batch_sizes, masks, has_biases, num_layers,
+                                           nonlinearity, bidirectional, *weights)
+    else:
+        output, h_n, _ = torch.ops.rnnfast.rnn_forward(
+            input, hx, weights, batch_sizes, masks, has_biases, num_layers, nonlinearity,
+            bidirectional)
     if batch_first and batch_sizes is None:
         output = output.transpose(0, 1)
     return output, h_n
@@ -113,4 +223,6 @@ def rnn_cell(
     input (N, H_in), hx (N, H); returns (N, H).
     """
     input, hx, w_ih, w_hh, b_ih, b_hh = _autocast(input, hx, w_ih, w_hh, b_ih, b_hh)
+    if _in_functorch_transform():
+        return _RNNCellForward.apply(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     return torch.ops.rnnfast.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
