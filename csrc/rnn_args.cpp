@@ -208,10 +208,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> allocate_backward_ou
 }
 
 at::Tensor initial_output_grad(const RnnSizes& s, const std::optional<at::Tensor>& grad_output,
-                               const at::Tensor& input) {
+                               const at::Tensor& input, std::optional<at::ScalarType> dtype) {
+  const at::ScalarType type = dtype.value_or(input.scalar_type());
   if (grad_output.has_value() && grad_output->defined())
-    return grad_output->reshape({s.rows, s.D * s.H}).clone(at::MemoryFormat::Contiguous);
-  return at::zeros({s.rows, s.D * s.H}, input.options());
+    return grad_output->reshape({s.rows, s.D * s.H})
+        .to(type, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
+  return at::zeros({s.rows, s.D * s.H}, input.options().dtype(type));
 }
 
 std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {

@@ -69,9 +69,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> allocate_backward_ou
     const RnnSizes& s, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights);
 
 // The buffer the backward kernels start from and overwrite in place: a fresh
-// contiguous (rows, D*H) copy of grad_output, or zeros when it is undefined.
+// contiguous (rows, D*H) copy of grad_output, or zeros when it is undefined; in
+// `dtype` when given (kernels that accumulate gradients wider than the input), else
+// in input's dtype.
 at::Tensor initial_output_grad(const RnnSizes& s, const std::optional<at::Tensor>& grad_output,
-                               const at::Tensor& input);
+                               const at::Tensor& input,
+                               std::optional<at::ScalarType> dtype = std::nullopt);
 
 std::vector<at::Tensor> contiguous_all(at::TensorList tensors);
 

@@ -784,31 +784,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
   const char* op = "rnnfast.rnn_forward";
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
                                     has_biases, num_layers, nonlinearity, bidirectional);
-  if (use_bf16_path(input)) {
-    auto [output, h_n, workspace] = allocate_forward_outputs(s, input);
-    if (nothing_to_compute(s)) return {output, h_n, workspace};
-    forward_bf16(s, input.contiguous().view({s.rows, s.I}), hx.contiguous(),
-                 contiguous_all(weights), dropout_masks, output.view({s.rows, s.D * s.H}), h_n,
-                 workspace);
-    return {output, h_n, workspace};
-  }
-  if (is_reduced(input)) {
+  const bool bf16 = use_bf16_path(input);
+  if (is_reduced(input) && !bf16) {
     const auto dt = input.scalar_type();
     auto [o, h, w] = rnn_forward_cpu(to_f32(input), to_f32(hx), to_f32(weights), batch_sizes,
                                      to_f32(dropout_masks), has_biases, num_layers, nonlinearity,
                                      bidirectional);
     return {o.to(dt), h.to(dt), w.to(dt)};
   }
-  check_cpu_dtype(op, input);
+  if (!bf16) check_cpu_dtype(op, input);
   auto [output, h_n, workspace] = allocate_forward_outputs(s, input);
   if (nothing_to_compute(s)) return {output, h_n, workspace};
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
   const at::Tensor hx_c = hx.contiguous();
   const auto w = contiguous_all(weights);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_forward_cpu", [&] {
-    forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, output.view({s.rows, s.D * s.H}),
-                           h_n, workspace);
-  });
+  const at::Tensor out2d = output.view({s.rows, s.D * s.H});
+  if (bf16) {
+    forward_bf16(s, x2d, hx_c, w, dropout_masks, out2d, h_n, workspace);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_forward_cpu", [&] {
+      forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, out2d, h_n, workspace);
+    });
+  }
   return {output, h_n, workspace};
 }
 
@@ -822,21 +819,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
                                     has_biases, num_layers, nonlinearity, bidirectional);
   check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
-  if (use_bf16_path(input)) {
-    auto [grad_input, grad_hx, grad_weights] = allocate_backward_outputs(s, input, hx, weights);
-    if (nothing_to_compute(s)) return {grad_input, grad_hx, grad_weights};
-    const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
-    backward_bf16(s, input.contiguous().view({s.rows, s.I}), hx.contiguous(),
-                  contiguous_all(weights), dropout_masks,
-                  output.contiguous().view({s.rows, s.D * s.H}), workspace.contiguous(),
-                  grad_output.has_value() && grad_output->defined()
-                      ? grad_output->reshape({s.rows, s.D * s.H}).to(at::kFloat).contiguous()
-                      : at::zeros({s.rows, s.D * s.H}, input.options().dtype(at::kFloat)),
-                  has_ghn ? grad_h_n->to(at::kFloat).contiguous() : at::Tensor(),
-                  grad_input.view({s.rows, s.I}), grad_hx, grad_weights);
-    return {grad_input, grad_hx, grad_weights};
-  }
-  if (is_reduced(input)) {
+  const bool bf16 = use_bf16_path(input);
+  if (is_reduced(input) && !bf16) {
     const auto dt = input.scalar_type();
     auto [gi, ghx, gw] = rnn_backward_cpu(
         to_f32(grad_output), to_f32(grad_h_n), to_f32(input), to_f32(hx), to_f32(weights),
@@ -845,20 +829,30 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
     for (auto& g : gw) g = g.to(dt);
     return {gi.to(dt), ghx.to(dt), gw};
   }
-  check_cpu_dtype(op, input);
+  if (!bf16) check_cpu_dtype(op, input);
 
   auto [grad_input, grad_hx, grad_weights] = allocate_backward_outputs(s, input, hx, weights);
   if (nothing_to_compute(s)) return {grad_input, grad_hx, grad_weights};
-  at::Tensor dZ = initial_output_grad(s, grad_output, input);
+  // The bf16 kernels keep output and h_n gradients in float32.
+  const at::ScalarType grad_type = bf16 ? at::kFloat : input.scalar_type();
+  at::Tensor dZ = initial_output_grad(s, grad_output, input, grad_type);
   const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
-  const at::Tensor ghn = has_ghn ? grad_h_n->contiguous() : at::Tensor();
+  const at::Tensor ghn = has_ghn ? grad_h_n->to(grad_type).contiguous() : at::Tensor();
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
+  const at::Tensor hx_c = hx.contiguous();
   const auto w = contiguous_all(weights);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_backward_cpu", [&] {
-    backward_impl<scalar_t>(s, x2d, hx.contiguous(), w, dropout_masks,
-                            output.contiguous().view({s.rows, s.D * s.H}), workspace.contiguous(),
-                            dZ, ghn, grad_input.view({s.rows, s.I}), grad_hx, grad_weights);
-  });
+  const at::Tensor out2d = output.contiguous().view({s.rows, s.D * s.H});
+  const at::Tensor ws = workspace.contiguous();
+  const at::Tensor grad_x2d = grad_input.view({s.rows, s.I});
+  if (bf16) {
+    backward_bf16(s, x2d, hx_c, w, dropout_masks, out2d, ws, dZ, ghn, grad_x2d, grad_hx,
+                  grad_weights);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_backward_cpu", [&] {
+      backward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, out2d, ws, dZ, ghn, grad_x2d,
+                              grad_hx, grad_weights);
+    });
+  }
   return {grad_input, grad_hx, grad_weights};
 }
 

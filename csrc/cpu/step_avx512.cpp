@@ -69,12 +69,26 @@ RNNFAST_AVX512 RNNFAST_INLINE void store(BFloat16* p, __mmask16 m, __m512 v) {
   _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(r));
 }
 
-// The epilogue of an MR x NV register block (see Epilogue); the last vector of each
-// row is masked by `tail`.
+// acc = 0.
+template <int MR, int NV>
+RNNFAST_AVX512 RNNFAST_INLINE void zero_acc(__m512 (&acc)[MR][NV]) {
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+}
+
+// The epilogue of the MR x NV register block at row m0, column n0 of the step `s` (see
+// Epilogue); the last vector of each row is masked by `tail`.
 template <typename In, int MR, int NV, Epilogue E>
-RNNFAST_AVX512 RNNFAST_INLINE void finish(__m512 (&acc)[MR][NV], float* C, int64_t ldc, In* O,
-                                          int64_t ldo, const In* Y, int64_t ldy,
-                                          const float* bias, Activation act, __mmask16 tail) {
+RNNFAST_AVX512 RNNFAST_INLINE void finish(__m512 (&acc)[MR][NV], const StepArgsT<In>& s,
+                                          int64_t m0, int64_t n0, __mmask16 tail) {
+  float* C = s.C + m0 * s.ldc + n0;
+  In* O = s.O ? s.O + m0 * s.ldo + n0 : nullptr;
+  const In* Y = s.Y ? s.Y + m0 * s.ldy + n0 : nullptr;
+  const float* bias = s.bias ? s.bias + n0 : nullptr;
+  const int64_t ldc = s.ldc, ldo = s.ldo, ldy = s.ldy;
+  const Activation act = s.act;
   const __m512 zero = _mm512_setzero_ps();
   const __m512 one = _mm512_set1_ps(1.0f);
 #pragma GCC unroll 4
@@ -116,10 +130,7 @@ RNNFAST_AVX512 RNNFAST_INLINE void finish(__m512 (&acc)[MR][NV], float* C, int64
 template <int MR, int NV, Epilogue E>
 RNNFAST_AVX512 void block(const StepArgs& s, int64_t m0, int64_t n0, __mmask16 tail) {
   __m512 acc[MR][NV];
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  zero_acc<MR, NV>(acc);
 
   const float* A = s.A + m0 * s.lda;
   const float* B = s.B + n0;
@@ -137,9 +148,7 @@ RNNFAST_AVX512 void block(const StepArgs& s, int64_t m0, int64_t n0, __mmask16 t
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
     }
   }
-  finish<float, MR, NV, E>(acc, s.C + m0 * s.ldc + n0, s.ldc, s.O ? s.O + m0 * s.ldo + n0 : nullptr,
-                           s.ldo, s.Y ? s.Y + m0 * s.ldy + n0 : nullptr, s.ldy,
-                           s.bias ? s.bias + n0 : nullptr, s.act, tail);
+  finish<float, MR, NV, E>(acc, s, m0, n0, tail);
 }
 
 // acc[r][v] += the products of k-pair `bp` (packed B, NV vectors) with A pairs a[r].
@@ -163,10 +172,7 @@ RNNFAST_AVX512_BF16 RNNFAST_INLINE void dot_pair(__m512 (&acc)[MR][NV], const ui
 template <int MR, int NV, Epilogue E>
 RNNFAST_AVX512_BF16 void block(const StepArgsBf16& s, int64_t m0, int64_t n0, __mmask16 tail) {
   __m512 acc[MR][NV];
-#pragma GCC unroll 4
-  for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  zero_acc<MR, NV>(acc);
 
   const uint16_t* A = reinterpret_cast<const uint16_t*>(s.A) + m0 * s.lda;
   const uint16_t* B = reinterpret_cast<const uint16_t*>(s.B) + 2 * n0;
@@ -182,10 +188,7 @@ RNNFAST_AVX512_BF16 void block(const StepArgsBf16& s, int64_t m0, int64_t n0, __
     for (int r = 0; r < MR; ++r) a[r] = A[r * lda + s.K - 1];
     dot_pair<MR, NV>(acc, B + pairs * ldb, a, tail);
   }
-  finish<BFloat16, MR, NV, E>(acc, s.C + m0 * s.ldc + n0, s.ldc,
-                              s.O ? s.O + m0 * s.ldo + n0 : nullptr, s.ldo,
-                              s.Y ? s.Y + m0 * s.ldy + n0 : nullptr, s.ldy,
-                              s.bias ? s.bias + n0 : nullptr, s.act, tail);
+  finish<BFloat16, MR, NV, E>(acc, s, m0, n0, tail);
 }
 
 template <typename In, int MR, Epilogue E>
