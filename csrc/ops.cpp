@@ -4,7 +4,19 @@
 #include <torch/library.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "rnn_args.h"
 #include "rnnfast.h"
+
+namespace rnnfast {
+
+std::atomic<int64_t>& persistent_launch_counter() {
+  static std::atomic<int64_t> launches{0};
+  return launches;
+}
+
+int64_t persistent_launches() { return persistent_launch_counter().load(); }
+
+}  // namespace rnnfast
 
 TORCH_LIBRARY(rnnfast, m) {
   // Whole multi-layer (bi)directional Elman RNN over a time-major sequence.
@@ -41,6 +53,9 @@ TORCH_LIBRARY(rnnfast, m) {
       "_rnn_cell_backward(Tensor grad_h, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
       "Tensor h, bool has_bias, str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, "
       "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+  // How many persistent-kernel launches (CUDA, one per layer forward or backward)
+  // this process has made: lets tests and benchmarks see which path ran.
+  m.def("_persistent_launches() -> int", &rnnfast::persistent_launches);
 }
 
 namespace rnnfast {

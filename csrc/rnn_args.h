@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
+#include <atomic>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -82,6 +83,11 @@ std::vector<at::Tensor> contiguous_all(at::TensorList tensors);
 // below's output (from the workspace) times its dropout mask.
 at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& workspace,
                        const std::optional<at::Tensor>& masks);
+
+// Persistent-kernel launches so far (bumped by the CUDA backend, read by the
+// rnnfast::_persistent_launches op).
+std::atomic<int64_t>& persistent_launch_counter();
+int64_t persistent_launches();
 
 // Cell op sizes: N, I, H.
 struct CellSizes {

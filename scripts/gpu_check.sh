@@ -4,10 +4,11 @@
 #   build      RNNFAST_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 python setup.py build_ext --inplace
 #   test       python -m pytest tests                 (the whole suite, CUDA tests included)
 #   sanitizer  compute-sanitizer memcheck, racecheck, synccheck over scripts/sanitizer_case.py
-#   bench      python -m rnnfast.bench --set gpu --device cuda
+#   bench      python -m rnnfast.bench --set S --device cuda, for each S in GPU_BENCH_SETS
 # Everything goes to one results folder: $OUT if set, else bench/results/gpu-<date>/:
 #   summary.txt (machine, versions, each step's status and time), build.log, pytest.log,
-#   sanitizer.log, bench.log and bench/ (the benchmark's results.json/.md, speedup.png).
+#   sanitizer.log, bench-S.log and bench-S/ per set S (the benchmark's results.json/.md,
+#   speedup.png).
 #
 #   scripts/gpu_check.sh                    (make gpu-check)
 # Knobs:
@@ -18,6 +19,9 @@
 #                       logged to cmake.log)
 #   TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default: number of cores)
 #   PYTEST_ARGS, BENCH_ARGS  extra arguments of pytest / the benchmark
+#   GPU_BENCH_SETS      benchmark sets (default "gpu-persistent gpu")
+# The device tool allows 10 minutes per command: run build,test in one call and
+# sanitizer,bench in the next (the in-place build stays while the machine is warm).
 #   SANITIZER_TOOLS     (default "memcheck racecheck synccheck"); SANITIZER_ARGS extra
 #                       compute-sanitizer options (e.g. a kernel-name filter)
 #   TIMEOUT_BUILD, TIMEOUT_TEST, TIMEOUT_SANITIZER, TIMEOUT_BENCH  seconds per step
@@ -150,11 +154,13 @@ fi
 # --- benchmark ---------------------------------------------------------------------
 if want bench; then
   if [[ $build_ok -eq 1 ]]; then
-    # shellcheck disable=SC2086
-    run_step bench "$RESULTS/bench.log" "${TIMEOUT_BENCH:-420}" \
-      "$PY" -m rnnfast.bench --set gpu --device cuda --out "$RESULTS/bench" --progress plain \
-      ${BENCH_ARGS:-}
-    tail -n 40 "$RESULTS/bench.log" | sed 's/^/    /' >>"$SUMMARY"
+    for set in ${GPU_BENCH_SETS:-gpu-persistent gpu}; do
+      # shellcheck disable=SC2086
+      run_step "bench-$set" "$RESULTS/bench-$set.log" "${TIMEOUT_BENCH:-420}" \
+        "$PY" -m rnnfast.bench --set "$set" --device cuda --out "$RESULTS/bench-$set" \
+        --progress plain ${BENCH_ARGS:-}
+      tail -n 40 "$RESULTS/bench-$set.log" | sed 's/^/    /' >>"$SUMMARY"
+    done
   else
     say "bench                  SKIPPED (build failed)"
   fi

@@ -3,13 +3,16 @@
 Runs every rnnfast CUDA kernel at least once, for every dtype: uni- and bidirectional,
 tanh and relu, with and without biases, dense and packed sequences, several layers
 with dropout masks (train mode), eval-mode backward, gradients through h_n only, and
-the cell ops. Small shapes, since the sanitizers slow kernels down 10-100x.
+the cell ops. The sequence cases run twice, on the per-step path and on the persistent
+kernels (RNNFAST_PERSISTENT=0 / 1). Small shapes, since the sanitizers slow kernels
+down 10-100x.
 
     compute-sanitizer --tool memcheck python scripts/sanitizer_case.py
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -18,7 +21,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnfast
 
 
-def sequence_cases(dtype):
+def sequence_cases(dtype, path):
+    os.environ["RNNFAST_PERSISTENT"] = path
     dev = "cuda"
     configs = [
         dict(num_layers=1, nonlinearity="tanh", bias=True, bidirectional=False),
@@ -41,7 +45,7 @@ def sequence_cases(dtype):
         rnn.eval()
         _, hn = rnn(x)
         hn.float().sum().backward()
-        print(f"  sequence {dtype} config {i}: ok", flush=True)
+        print(f"  sequence {dtype} config {i} RNNFAST_PERSISTENT={path}: ok", flush=True)
 
 
 def cell_cases(dtype):
@@ -60,10 +64,17 @@ def main() -> int:
         print("sanitizer_case: no CUDA device", file=sys.stderr)
         return 2
     torch.manual_seed(0)
+    before = torch.ops.rnnfast._persistent_launches()
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        sequence_cases(dtype)
+        for path in ("0", "1"):
+            sequence_cases(dtype, path)
         cell_cases(dtype)
     torch.cuda.synchronize()
+    launched = torch.ops.rnnfast._persistent_launches() - before
+    print(f"  persistent launches: {launched}")
+    if launched == 0:
+        print("sanitizer_case: the persistent kernels never ran", file=sys.stderr)
+        return 1
     print("sanitizer_case: OK")
     return 0
 

@@ -1,7 +1,8 @@
 """CUDA-specific tests of the rnnfast kernels (skipped without a GPU).
 
 Oracles: the float64 CPU reference (rnnfast.reference) and cuDNN's nn.RNN with TF32
-off. Also: bitwise determinism, eval-mode backward, gradients through only h_n or
+off. The parity tests run both recurrence paths (RNNFAST_PERSISTENT=0/1); the
+persistent kernels have their own file, test_cuda_persistent.py. Also: bitwise determinism, eval-mode backward, gradients through only h_n or
 only the output, the current (non-default) stream, a second GPU, CUDA graphs, and
 float16 / bfloat16 tolerances. The device-independent semantics are covered by the
 `device`-parametrized tests in the other files.
@@ -185,9 +186,16 @@ def test_build_has_cuda():
 # ---------------------------------------------------------------------------
 
 
+# RNNFAST_PERSISTENT values: the per-step path and the persistent kernels (these
+# small batches take the persistent path by default; float64 never does).
+PATHS = [pytest.param("0", id="per-step"), pytest.param("1", id="persistent")]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_float64_reference(name, dtype, no_tf32):
+def test_matches_float64_reference(name, dtype, path, monkeypatch, no_tf32):
+    monkeypatch.setenv("RNNFAST_PERSISTENT", path)
     case = make_case(**CASES[name])
     expected = run(case, "cpu", torch.float64, use_reference=True)
     actual = run(case, "cuda", dtype)
@@ -202,7 +210,9 @@ def test_matches_float64_reference(name, dtype, no_tf32):
 @pytest.mark.parametrize(
     "dtype,fwd_tol,grad_tol", [(torch.float16, 5e-3, 1e-2), (torch.bfloat16, 3e-2, 1e-1)]
 )
-def test_half_precision(name, dtype, fwd_tol, grad_tol):
+@pytest.mark.parametrize("path", PATHS)
+def test_half_precision(name, dtype, fwd_tol, grad_tol, path, monkeypatch):
+    monkeypatch.setenv("RNNFAST_PERSISTENT", path)
     # Reference: float64 on the same 16-bit-rounded inputs, so only the kernels' error counts.
     case = make_case(**CASES[name])
     rounded = round_case(case, dtype)

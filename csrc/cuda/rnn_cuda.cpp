@@ -10,6 +10,11 @@
 // the gradient to the previous step; then dW_ih, dW_hh (GEMMs), the bias gradients
 // (deterministic column sums) per direction and dX (one GEMM for both directions).
 //
+// Persistent path (kernels/rnn_cuda.cuh, rnn_persistent.cu): at small batch the
+// per-step loop of a layer, forward or backward, is replaced by one cooperative
+// launch covering all steps and both directions; the projection and weight GEMMs
+// stay. use_persistent() picks the path (RNNFAST_PERSISTENT overrides the heuristic).
+//
 // Bidirectional layers run their two directions concurrently: the reverse direction
 // is enqueued on a second stream from torch's pool, forked from and joined back to
 // the current stream with events (no host synchronization). GEMMs go through ATen's
@@ -24,7 +29,10 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -196,6 +204,89 @@ const T* bias_ptr(const RnnSizes& s, const std::vector<at::Tensor>& w, int64_t l
 }
 
 // ---------------------------------------------------------------------------
+// Persistent path: choice and launch
+// ---------------------------------------------------------------------------
+
+// RNNFAST_PERSISTENT: unset or "auto" lets the heuristic below choose; "1" takes the
+// persistent kernels whenever the problem fits them (the limits in rnn_cuda.cuh and
+// all blocks resident at once); "0" never does.
+enum class PersistentMode { Auto, Always, Never };
+
+PersistentMode persistent_mode() {
+  const char* env = std::getenv("RNNFAST_PERSISTENT");
+  const std::string v = env == nullptr ? "" : env;
+  if (v.empty() || v == "auto") return PersistentMode::Auto;
+  if (v == "1" || v == "on" || v == "always") return PersistentMode::Always;
+  if (v == "0" || v == "off" || v == "never") return PersistentMode::Never;
+  TORCH_CHECK(false, "rnnfast: RNNFAST_PERSISTENT must be auto, 1 or 0, got '", v, "'");
+}
+
+// The heuristic's batch limit: up to here a step is a thin GEMM whose launch and
+// W_hh re-read dominate; above, the per-step cuBLAS GEMMs use the chip better.
+constexpr int64_t kAutoPersistentMaxRows = 64;
+
+// Whether this call's recurrence (forward or backward) runs the persistent kernels.
+template <typename T>
+bool use_persistent(const RnnSizes& s, c10::Device device, bool backward) {
+  if constexpr (std::is_same_v<T, double>) {
+    return false;  // float64 is for gradcheck; the per-step path serves it
+  } else {
+    const PersistentMode mode = persistent_mode();
+    if (mode == PersistentMode::Never) return false;
+    if (s.N < 1 || s.N > kPersistentMaxRows || s.H < 1 || s.H > kPersistentMaxH) return false;
+    if (mode == PersistentMode::Auto) {
+      if (s.N > kAutoPersistentMaxRows) return false;
+      // Not yet measured inside CUDA graphs: the per-step path is captured instead.
+      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+      C10_CUDA_CHECK(cudaStreamIsCapturing(
+          c10::cuda::getCurrentCUDAStream(device.index()).stream(), &capture));
+      if (capture != cudaStreamCaptureStatusNone) return false;
+    }
+    int64_t resident = 0;
+    C10_CUDA_CHECK(persistent_capacity<cu_t<T>>(s.N, s.H, device.index(), backward, &resident));
+    return resident >= s.D * persistent_blocks_per_direction(s.H);
+  }
+}
+
+// The step table of a call on the device (batch sizes and row offsets, packed input
+// only: one copy per call, never inside the time loop) and the sequence descriptor.
+class PersistentRun {
+ public:
+  PersistentRun(const RnnSizes& s, c10::Device device) : device_(device) {
+    seq_.act = s.act;
+    seq_.T = s.T;
+    seq_.N = s.N;
+    seq_.H = s.H;
+    seq_.D = s.D;
+    if (s.packed) {
+      const at::Tensor host = at::empty(
+          {2, s.T}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+      int64_t* h = host.mutable_data_ptr<int64_t>();
+      std::copy(s.batch_sizes.begin(), s.batch_sizes.end(), h);
+      std::copy(s.offsets.begin(), s.offsets.end(), h + s.T);
+      steps_ = at::empty({2, s.T}, at::TensorOptions().dtype(at::kLong).device(device));
+      steps_.copy_(host, /*non_blocking=*/true);
+      seq_.batch_sizes = steps_.const_data_ptr<int64_t>();
+      seq_.offsets = seq_.batch_sizes + s.T;
+    }
+  }
+  // The descriptor for one launch, with fresh zeroed step flags.
+  PersistentSequence next_launch() {
+    flags_ = at::zeros({seq_.D * persistent_blocks_per_direction(seq_.H)},
+                       at::TensorOptions().dtype(at::kInt).device(device_));
+    PersistentSequence seq = seq_;
+    seq.flags = reinterpret_cast<unsigned int*>(flags_.mutable_data_ptr<int32_t>());
+    persistent_launch_counter()++;
+    return seq;
+  }
+
+ private:
+  c10::Device device_;
+  PersistentSequence seq_;
+  at::Tensor steps_, flags_;
+};
+
+// ---------------------------------------------------------------------------
 // rnn_forward
 // ---------------------------------------------------------------------------
 
@@ -247,6 +338,8 @@ void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx
                   const at::Tensor& out2d, const at::Tensor& h_n, const at::Tensor& workspace) {
   const c10::Device device = x2d.device();
   DirectionStreams streams(s.D, device.index());
+  std::optional<PersistentRun> persistent;
+  if (use_persistent<T>(s, device, /*backward=*/false)) persistent.emplace(s, device);
   for (const auto layer : c10::irange(s.NL)) {
     const at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
     const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[layer];
@@ -255,6 +348,21 @@ void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx
     T* y = Y.mutable_data_ptr<T>();
     gemm<T>(false, true, s.rows, s.D * s.H, I_l, X.const_data_ptr<T>(), I_l, W.const_data_ptr<T>(),
             I_l, false, y, s.D * s.H, device);
+    if (persistent) {
+      PersistentForwardParams<cu_t<T>> p;
+      p.seq = persistent->next_launch();
+      for (const auto d : c10::irange(s.D)) {
+        const int64_t ld = layer * s.D + d;
+        p.w_hh[d] = cu(w[ld * s.weights_per_layer() + 1].const_data_ptr<T>());
+        p.b_ih[d] = cu(bias_ptr<T>(s, w, ld, 2));
+        p.b_hh[d] = cu(bias_ptr<T>(s, w, ld, 3));
+        p.hx[d] = cu(hx.const_data_ptr<T>() + ld * s.N * s.H);
+        p.h_n[d] = cu(h_n.mutable_data_ptr<T>() + ld * s.N * s.H);
+      }
+      p.y = cu(y);
+      C10_CUDA_CHECK(persistent_forward(p, streams.stream(0)));
+      continue;
+    }
     streams.fork();
     // Interleave the directions step by step so that both streams have work queued.
     for (const auto i : c10::irange(s.T)) {
@@ -353,6 +461,8 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
       at::empty({s.D, ws_elems},
                 x2d.options().dtype(std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat));
   const T* ghn = grad_h_n.defined() ? grad_h_n.const_data_ptr<T>() : nullptr;
+  std::optional<PersistentRun> persistent;
+  if (use_persistent<T>(s, device, /*backward=*/true)) persistent.emplace(s, device);
 
   for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
     const at::Tensor X = layer_input(layer, x2d, workspace, masks).contiguous();
@@ -361,8 +471,24 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
     const at::Tensor dX = layer == 0 ? grad_x2d : at::empty({s.rows, I_l}, x2d.options());
     T* dz = dZ.mutable_data_ptr<T>();
 
+    if (persistent) {
+      // The whole recurrence of both directions, on the current stream.
+      PersistentBackwardParams<cu_t<T>> p;
+      p.seq = persistent->next_launch();
+      for (const auto d : c10::irange(s.D)) {
+        const int64_t ld = layer * s.D + d;
+        p.w_hh[d] = cu(w[ld * s.weights_per_layer() + 1].const_data_ptr<T>());
+        p.hx[d] = cu(hx.const_data_ptr<T>() + ld * s.N * H);
+        p.grad_h_n[d] = ghn != nullptr ? cu(ghn + ld * s.N * H) : nullptr;
+        p.grad_hx[d] = cu(grad_hx.mutable_data_ptr<T>() + ld * s.N * H);
+        p.h_prev[d] = cu(H_prev.mutable_data_ptr<T>() + d * s.rows * H);
+      }
+      p.y = cu(Y.const_data_ptr<T>());
+      p.dz = cu(dz);
+      C10_CUDA_CHECK(persistent_backward(p, streams.stream(0)));
+    }
     streams.fork();
-    for (const auto i : c10::irange(s.T)) {
+    for (const auto i : c10::irange(persistent ? 0 : s.T)) {
       for (const auto d : c10::irange(s.D)) {
         const int64_t t = d == 0 ? s.T - 1 - i : i;
         streams.run(d, [&] {

@@ -113,4 +113,83 @@ template <typename T>
 cudaError_t column_sum(const T* src, int64_t rows, int64_t cols, int64_t ld, T* out, T* out2,
                        acc_type<T>* workspace, cudaStream_t stream);
 
+// ---------------------------------------------------------------------------
+// Persistent recurrence (csrc/cuda/rnn_persistent.cu)
+// ---------------------------------------------------------------------------
+//
+// Every time step of one layer, both directions, in ONE cooperative launch: each
+// block owns kPersistentCols hidden columns of one direction and keeps the matching
+// slice of W_hh (forward) or W_hh^T (backward) in registers for the whole sequence.
+// Per step a block reads the whole previous state (or gradient) from L2, computes its
+// columns, writes them and raises its flag; the blocks of a direction wait for each
+// other's flags (integer stores and loads, no float atomics) before the next step.
+// The input projection (forward) and the weight GEMMs (backward) stay outside, as
+// single large GEMMs. Sums run in a fixed order: results are bitwise reproducible.
+//
+// Layout as above: the layer output / gradient is (rows, D*H) row-major; step t owns
+// rows offsets[t] .. offsets[t] + batch_sizes[t]; direction d's columns start at d*H.
+constexpr int kPersistentCols = 8;          // hidden columns per block
+constexpr int kPersistentThreads = 256;     // threads per block; thread i owns k = i + 256j
+constexpr int64_t kPersistentMaxRows = 128;  // batch rows (4 outputs per thread)
+constexpr int64_t kPersistentMaxH = 2048;    // 8 k per thread (64 weight registers)
+
+inline int64_t persistent_blocks_per_direction(int64_t H) {
+  return (H + kPersistentCols - 1) / kPersistentCols;
+}
+
+// The sequence shared by both kernels. batch_sizes / offsets are device arrays of T
+// entries (a packed sequence), or both nullptr: every step has N rows, step t starts
+// at row t*N.
+struct PersistentSequence {
+  Activation act = Activation::Tanh;
+  int64_t T = 0, N = 0, H = 0, D = 1;
+  const int64_t* batch_sizes = nullptr;
+  const int64_t* offsets = nullptr;
+  unsigned int* flags = nullptr;  // D * persistent_blocks_per_direction(H), zeroed before launch
+};
+
+// Forward: y holds the input projection of every step (x @ W_ih^T, no bias) on entry
+// and the layer output h on return; h_n[d] gets each sequence's final state.
+template <typename T>
+struct PersistentForwardParams {
+  PersistentSequence seq;
+  const T* w_hh[2] = {nullptr, nullptr};  // (H, H) per direction
+  const T* b_ih[2] = {nullptr, nullptr};  // (H) or nullptr (then b_hh is nullptr too)
+  const T* b_hh[2] = {nullptr, nullptr};
+  const T* hx[2] = {nullptr, nullptr};    // (N, H) initial state per direction
+  T* y = nullptr;                         // (rows, D*H)
+  T* h_n[2] = {nullptr, nullptr};         // (N, H)
+};
+
+// Backward (BPTT): dz holds dL/d(output) on entry and dL/d(pre-activation) on return;
+// also dL/dhx and, for the single dW_hh GEMM after it, the state each row started from.
+template <typename T>
+struct PersistentBackwardParams {
+  PersistentSequence seq;
+  const T* w_hh[2] = {nullptr, nullptr};      // (H, H)
+  const T* hx[2] = {nullptr, nullptr};        // (N, H)
+  const T* y = nullptr;                       // (rows, D*H): the forward output h
+  T* dz = nullptr;                            // (rows, D*H)
+  const T* grad_h_n[2] = {nullptr, nullptr};  // (N, H) or nullptr (zeros)
+  T* grad_hx[2] = {nullptr, nullptr};         // (N, H)
+  T* h_prev[2] = {nullptr, nullptr};          // (rows, H)
+};
+
+// Dynamic shared memory of one block, in bytes (the per-warp partial sums).
+int64_t persistent_shared_bytes(int64_t N);
+
+// How many blocks of the persistent kernels can be resident at once on `device`
+// (multiprocessors x blocks per multiprocessor), 0 when the device cannot do
+// cooperative launches. A launch needs D * persistent_blocks_per_direction(H) of them.
+template <typename T>
+cudaError_t persistent_capacity(int64_t N, int64_t H, int device, bool backward, int64_t* blocks);
+
+// Enqueue the whole recurrence on `stream` (a cooperative launch). Preconditions,
+// checked by the caller: 1 <= N <= kPersistentMaxRows, 1 <= H <= kPersistentMaxH,
+// T >= 1, and the grid fits persistent_capacity().
+template <typename T>
+cudaError_t persistent_forward(const PersistentForwardParams<T>& p, cudaStream_t stream);
+template <typename T>
+cudaError_t persistent_backward(const PersistentBackwardParams<T>& p, cudaStream_t stream);
+
 }  // namespace rnnfast::cuda

@@ -23,6 +23,7 @@ SET_TIMING = {
     "full": (5, 3.0),
     "cpu-targets": (7, 5.0),
     "gpu": (10, 1.5),
+    "gpu-persistent": (10, 1.5),
     "tiny": (3, 0.2),
     "custom": (5, 2.0),
 }

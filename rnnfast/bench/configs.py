@@ -96,6 +96,10 @@ def _gpu() -> list[Config]:
     ]
 
 
+def _gpu_persistent() -> list[Config]:
+    return [Config(1000, b, h, h) for h in (256, 512, 1024) for b in (1, 4, 16, 64, 256)]
+
+
 def _tiny() -> list[Config]:
     return [Config(8, 2, 4, 8), Config(6, 3, 5, 4, 2, True)]
 
@@ -105,6 +109,7 @@ SETS = {
     "full": _full,
     "cpu-targets": _cpu_targets,
     "gpu": _gpu,
+    "gpu-persistent": _gpu_persistent,
     "tiny": _tiny,
 }
 
@@ -113,6 +118,7 @@ SET_DOCS = {
     "full": "wider H (to 1024), B (to 256), T (10, 1000), layers and bidirectional sweeps",
     "cpu-targets": "the six shapes of the CPU-performance issue",
     "gpu": "B in {1,16,64,256} x H in {128,512,1024} x T in {100,1000}, I=H, 1 layer",
+    "gpu-persistent": "the persistent-kernel targets: T=1000, B in {1,4,16,64,256} x H in {256,512,1024}, I=H",
     "tiny": "two toy shapes (smoke tests)",
 }
 

@@ -50,6 +50,9 @@ def _table_rows(doc: dict, mode: str) -> tuple[list[str], list[list[str]]]:
     header = ["config", "dtype", "torch ms", "rnnfast ms", "speedup", "tokens/s", "us/step", "noise"]
     if mode == "fwdbwd":
         header += ["saved torch", "saved rnnfast"]
+    cuda_paths = doc.get("device") == "cuda"
+    if cuda_paths:  # rnnfast's two recurrence paths on CUDA, timed in the same repeats
+        header += ["path", "per-step ms", "persistent ms"]
     header.append("status")
     out = []
     for r in doc["results"]:
@@ -66,6 +69,9 @@ def _table_rows(doc: dict, mode: str) -> tuple[list[str], list[list[str]]]:
         ]
         if mode == "fwdbwd":
             row += [_bytes(r.get("torch_saved_bytes")), _bytes(r.get("rnnfast_saved_bytes"))]
+        if cuda_paths:
+            row += [r.get("rnnfast_path", "-"), _ms(r.get("per_step_ms")),
+                    _ms(r.get("persistent_ms"))]
         row.append(_status(r))
         out.append(row)
     return header, out

@@ -89,6 +89,48 @@ def _fill_timing(row: dict, cfg: Config, s: Samples) -> None:
     )
 
 
+PATH_ENV = "RNNFAST_PERSISTENT"
+
+
+def _forced_path(fn: Callable[[], object], value: str) -> Callable[[], object]:
+    """fn with RNNFAST_PERSISTENT=value (read by the CUDA ops at every call)."""
+
+    def call():
+        old = os.environ.get(PATH_ENV)
+        os.environ[PATH_ENV] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ[PATH_ENV]
+            else:
+                os.environ[PATH_ENV] = old
+
+    return call
+
+
+def _persistent_launches(fn: Callable[[], object], device: torch.device) -> int:
+    """Persistent-kernel launches made by one call of fn."""
+    launches = torch.ops.rnnfast._persistent_launches
+    before = launches()
+    fn()
+    torch.cuda.synchronize(device)
+    return launches() - before
+
+
+def _cuda_path_fns(wl: Workload, mode: str, device: torch.device, row: dict) -> dict:
+    """On CUDA, rnnfast forced onto each recurrence path, to time beside its default
+    (auto) choice, which is recorded in row["rnnfast_path"]. The persistent candidate
+    is left out when the shape does not fit the persistent kernels."""
+    fn = wl.fn("rnnfast", mode)
+    row["rnnfast_path"] = "persistent" if _persistent_launches(fn, device) else "per-step"
+    fns = {"per_step": _forced_path(fn, "0")}
+    persistent = _forced_path(fn, "1")
+    if _persistent_launches(persistent, device):
+        fns["persistent"] = persistent
+    return fns
+
+
 def _fwd_part_ok(check: CheckResult) -> bool:
     return check.error is None and not any(
         f.startswith(("output", "h_n")) for f in check.failures
@@ -244,13 +286,19 @@ def run_benchmarks(
                         continue
                     bar.describe(f"{cfg.label} {dtype_name} {MODE_NAMES[mode]}")
                     try:
+                        fns = {"torch": wl.fn("torch", mode), "rnnfast": wl.fn("rnnfast", mode)}
+                        if device.type == "cuda":
+                            fns.update(_cuda_path_fns(wl, mode, device, r))
                         s = interleaved(
-                            {"torch": wl.fn("torch", mode), "rnnfast": wl.fn("rnnfast", mode)},
-                            device, warmup=st.warmup, min_repeats=st.min_repeats,
+                            fns, device, warmup=st.warmup, min_repeats=st.min_repeats,
                             max_repeats=st.max_repeats, budget_s=st.budget_s,
                             min_block_s=st.min_block_s,
                         )
                         _fill_timing(r, cfg, s)
+                        for name in ("per_step", "persistent"):
+                            if name in s.times:
+                                r[f"{name}_ms"] = s.median_s(name) * 1e3
+                                r[f"{name}_us_per_step"] = s.median_s(name) / cfg.T * 1e6
                         if mode == "fwdbwd":
                             r["torch_saved_bytes"] = wl.saved_bytes("torch")
                             r["rnnfast_saved_bytes"] = wl.saved_bytes("rnnfast")
