@@ -234,13 +234,17 @@ bool use_persistent(const RnnSizes& s, c10::Device device, bool backward) {
     const PersistentMode mode = persistent_mode();
     if (mode == PersistentMode::Never) return false;
     if (s.N < 1 || s.N > kPersistentMaxRows || s.H < 1 || s.H > kPersistentMaxH) return false;
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(cudaStreamIsCapturing(
+        c10::cuda::getCurrentCUDAStream(device.index()).stream(), &capture));
+    const bool capturing = capture != cudaStreamCaptureStatusNone;
+    // A captured graph would replay the step table's copy from a temporary pinned buffer.
+    if (capturing && s.packed) return false;
     if (mode == PersistentMode::Auto) {
       if (s.N > kAutoPersistentMaxRows) return false;
-      // Not yet measured inside CUDA graphs: the per-step path is captured instead.
-      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-      C10_CUDA_CHECK(cudaStreamIsCapturing(
-          c10::cuda::getCurrentCUDAStream(device.index()).stream(), &capture));
-      if (capture != cudaStreamCaptureStatusNone) return false;
+      // Cooperative launches inside CUDA graphs are not measured yet: auto captures the
+      // per-step path.
+      if (capturing) return false;
     }
     int64_t resident = 0;
     C10_CUDA_CHECK(persistent_capacity<cu_t<T>>(s.N, s.H, device.index(), backward, &resident));
