@@ -22,6 +22,7 @@
 #   TORCH_CUDA_ARCH_LIST (default 9.0), MAX_JOBS (default: number of cores)
 #   PYTEST_ARGS, BENCH_ARGS  extra arguments of pytest / the benchmark
 #   GPU_BENCH_SETS      benchmark sets (default "gpu-persistent gpu")
+#   GPU_TEST_PATHS      pytest paths (default: the two CUDA test files first, then tests/)
 # The device tool allows 10 minutes per command: run build,test in one call and
 # sanitizer,bench in the next (the in-place build stays while the machine is warm).
 #   SANITIZER_TOOLS     (default "memcheck racecheck synccheck"); SANITIZER_ARGS extra
@@ -124,7 +125,7 @@ if want test; then
   if [[ $build_ok -eq 1 ]]; then
     # shellcheck disable=SC2086
     run_step test "$RESULTS/pytest.log" "${TIMEOUT_TEST:-420}" \
-      "$PY" -m pytest tests/test_cuda_persistent.py tests/test_cuda.py tests -rfEs \
+      "$PY" -m pytest ${GPU_TEST_PATHS:-tests/test_cuda_persistent.py tests/test_cuda.py tests} -rfEs \
       -p no:cacheprovider --continue-on-collection-errors ${PYTEST_ARGS:-}
     grep -E '^(=+ .*(passed|failed|error).* =+|FAILED|ERROR)' "$RESULTS/pytest.log" \
       | tail -n 25 | sed 's/^/    /' | tee -a "$SUMMARY"
