@@ -274,12 +274,12 @@ class PersistentRun {
       seq_.offsets = seq_.batch_sizes + s.T;
     }
   }
-  // The descriptor for one launch, with fresh zeroed step flags.
+  // The descriptor for one launch, with fresh zeroed step counters.
   PersistentSequence next_launch() {
-    flags_ = at::zeros({seq_.D * persistent_blocks_per_direction(seq_.H)},
-                       at::TensorOptions().dtype(at::kInt).device(device_));
+    counters_ = at::zeros({seq_.D}, at::TensorOptions().dtype(at::kLong).device(device_));
     PersistentSequence seq = seq_;
-    seq.flags = reinterpret_cast<unsigned int*>(flags_.mutable_data_ptr<int32_t>());
+    seq.step_counters =
+        reinterpret_cast<unsigned long long*>(counters_.mutable_data_ptr<int64_t>());
     persistent_launch_counter()++;
     return seq;
   }
@@ -287,7 +287,7 @@ class PersistentRun {
  private:
   c10::Device device_;
   PersistentSequence seq_;
-  at::Tensor steps_, flags_;
+  at::Tensor steps_, counters_;
 };
 
 // ---------------------------------------------------------------------------

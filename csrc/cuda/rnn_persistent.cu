@@ -14,13 +14,15 @@
 // added in warp order by the thread that owns the output: thread i owns column
 // c0 + i % 8 of rows i / 8 + 32e (e < 4), hence kPersistentMaxRows = 128.
 //
-// Step hand-off. After writing its columns of step t, a block raises its flag to the
-// number of steps done (one 32-bit release store); before step t+1 the first G
-// threads of every block of that direction each wait for one block's flag, then the
-// block barriers. Each step writes its own rows of the output, so no step overwrites
-// data another block may still read: one hand-off per step suffices. Data written by
-// other blocks is read with ld.global.cg (L2), never through a possibly stale L1.
-// Cooperative launch guarantees that all blocks are resident (no deadlock).
+// Step hand-off. Each direction has one 64-bit step counter. After writing its
+// columns of a step, a block adds 1 to it (one release atomic by thread 0, after a
+// block barrier); before step i+1 thread 0 of every block waits until the counter
+// reaches G * (i+1), i.e. every block of the direction has finished step i (no block
+// can add for step i+1 before that), then the block barriers. Each step writes its
+// own rows of the output, so no step overwrites data another block may still read:
+// one hand-off per step suffices. Data written by other blocks is read with
+// ld.global.cg (L2), never through a possibly stale L1. Cooperative launch
+// guarantees that all blocks are resident (no deadlock). Integer atomics only.
 //
 // Every sum runs in a fixed order (lanes by the shuffle tree, warps in index order),
 // so results are bitwise reproducible and independent of scheduling.
@@ -46,14 +48,14 @@ __host__ __device__ inline int64_t padded_rows(int64_t N) { return (N + 7) / 8 *
 // Device helpers
 // ---------------------------------------------------------------------------
 
-__device__ __forceinline__ unsigned int load_acquire(const unsigned int* p) {
-  unsigned int v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+__device__ __forceinline__ unsigned long long load_acquire(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
   return v;
 }
 
-__device__ __forceinline__ void store_release(unsigned int* p, unsigned int v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+__device__ __forceinline__ void add_release(unsigned long long* p, unsigned long long v) {
+  asm volatile("red.release.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
 __device__ __forceinline__ int64_t step_rows(const PersistentSequence& s, int64_t t) {
@@ -63,23 +65,22 @@ __device__ __forceinline__ int64_t step_offset(const PersistentSequence& s, int6
   return s.offsets != nullptr ? s.offsets[t] : t * s.N;
 }
 
-// Block barrier that also waits until each of the direction's G blocks has finished
-// `steps` steps (G <= kThreads since H <= kPersistentMaxH).
-__device__ __forceinline__ void wait_for_steps(const unsigned int* flags, int G,
-                                               unsigned int steps) {
-  if (static_cast<int>(threadIdx.x) < G) {
-    while (load_acquire(flags + threadIdx.x) < steps) {
+// Block barrier that also waits until the direction's step counter reaches `target`.
+__device__ __forceinline__ void wait_for_count(const unsigned long long* counter,
+                                               unsigned long long target) {
+  if (threadIdx.x == 0) {
+    while (load_acquire(counter) < target) {
     }
   }
   __syncthreads();
 }
 
-// Publishes this block's step: every thread's stores first (barrier), then the flag.
-__device__ __forceinline__ void signal_steps(unsigned int* flag, unsigned int steps) {
+// Counts this block's step as done: every thread's stores first (barrier), then the add.
+__device__ __forceinline__ void signal_step(unsigned long long* counter) {
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
-    store_release(flag, steps);
+    add_release(counter, 1);
   }
 }
 
@@ -243,7 +244,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   T* Y = p.y + d * H;
   const T* hx = p.hx[d];
   T* h_n = p.h_n[d];
-  unsigned int* flags = s.flags + static_cast<int64_t>(d) * G;
+  unsigned long long* counter = s.step_counters + d;
+  const unsigned long long per_step = static_cast<unsigned long long>(G);
 
 #pragma unroll 1
   for (int64_t i = 0; i < steps; ++i) {
@@ -273,7 +275,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
       }
       hn_start = t == 0 ? 0 : rows;
     }
-    if (i > 0) wait_for_steps(flags, G, static_cast<unsigned int>(i));
+    if (i > 0) wait_for_count(counter, per_step * static_cast<unsigned long long>(i));
     block_matvec<T, KK>(w, A, ldy, split, hx, H, rows, H, red, at.red_stride);
     __syncthreads();
 #pragma unroll
@@ -286,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
         if (b >= hn_start) h_n[b * H + c] = h;
       }
     }
-    signal_steps(flags + at.g, static_cast<unsigned int>(i + 1));
+    signal_step(counter);
   }
 }
 
@@ -307,7 +309,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   const T* grad_h_n = p.grad_h_n[d];
   T* grad_hx = p.grad_hx[d];
   T* h_prev = p.h_prev[d];
-  unsigned int* flags = s.flags + static_cast<int64_t>(d) * G;
+  unsigned long long* counter = s.step_counters + d;
+  const unsigned long long per_step = static_cast<unsigned long long>(G);
 
   // Steps in reverse order of the forward pass. At each, the block first finishes
   // the previous (later-in-BPTT-order) step tp: R = dz_tp @ W for its columns. R is
@@ -341,7 +344,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
       }
     }
     const T* A = i > 0 ? DZ + step_offset(s, tp) * ld : nullptr;
-    if (i > 0) wait_for_steps(flags, G, static_cast<unsigned int>(i));
+    if (i > 0) wait_for_count(counter, per_step * static_cast<unsigned long long>(i));
     block_matvec<T, KK>(w, A, ld, rows_prev, A, ld, rows_prev, H, red, at.red_stride);
     __syncthreads();
 #pragma unroll
@@ -357,14 +360,14 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
         grad_hx[b * H + c] = from_acc<T>(warp_sum(red, at.red_stride, at.out(b)));
       }
     }
-    signal_steps(flags + at.g, static_cast<unsigned int>(i + 1));
+    signal_step(counter);
   }
 
   // The last step's gradient flows into hx.
   const int64_t t_last = d == 0 ? 0 : steps - 1;
   const int64_t rows_last = step_rows(s, t_last);
   const T* A = DZ + step_offset(s, t_last) * ld;
-  wait_for_steps(flags, G, static_cast<unsigned int>(steps));
+  wait_for_count(counter, per_step * static_cast<unsigned long long>(steps));
   block_matvec<T, KK>(w, A, ld, rows_last, A, ld, rows_last, H, red, at.red_stride);
   __syncthreads();
 #pragma unroll
@@ -395,7 +398,7 @@ static_assert(8 * kThreads == kPersistentMaxH, "KK = 8 covers the widest layer")
 
 bool within_limits(const PersistentSequence& s) {
   return s.T >= 1 && s.N >= 1 && s.N <= kPersistentMaxRows && s.H >= 1 &&
-         s.H <= kPersistentMaxH && (s.D == 1 || s.D == 2) && s.flags != nullptr;
+         s.H <= kPersistentMaxH && (s.D == 1 || s.D == 2) && s.step_counters != nullptr;
 }
 
 template <typename T, typename Params>

@@ -121,8 +121,9 @@ cudaError_t column_sum(const T* src, int64_t rows, int64_t cols, int64_t ld, T* 
 // block owns kPersistentCols hidden columns of one direction and keeps the matching
 // slice of W_hh (forward) or W_hh^T (backward) in registers for the whole sequence.
 // Per step a block reads the whole previous state (or gradient) from L2, computes its
-// columns, writes them and raises its flag; the blocks of a direction wait for each
-// other's flags (integer stores and loads, no float atomics) before the next step.
+// columns, writes them and counts the step on its direction's step counter; the blocks
+// of a direction wait for the count (integer atomics, no float atomics) before the
+// next step.
 // The input projection (forward) and the weight GEMMs (backward) stay outside, as
 // single large GEMMs. Sums run in a fixed order: results are bitwise reproducible.
 //
@@ -145,7 +146,7 @@ struct PersistentSequence {
   int64_t T = 0, N = 0, H = 0, D = 1;
   const int64_t* batch_sizes = nullptr;
   const int64_t* offsets = nullptr;
-  unsigned int* flags = nullptr;  // D * persistent_blocks_per_direction(H), zeroed before launch
+  unsigned long long* step_counters = nullptr;  // D counters, zeroed before the launch
 };
 
 // Forward: y holds the input projection of every step (x @ W_ih^T, no bias) on entry
