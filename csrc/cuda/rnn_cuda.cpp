@@ -276,7 +276,8 @@ class PersistentRun {
   }
   // The descriptor for one launch, with fresh zeroed step counters.
   PersistentSequence next_launch() {
-    counters_ = at::zeros({seq_.D}, at::TensorOptions().dtype(at::kLong).device(device_));
+    counters_ = at::zeros({seq_.D * kPersistentCounterStride},
+                          at::TensorOptions().dtype(at::kLong).device(device_));
     PersistentSequence seq = seq_;
     seq.step_counters =
         reinterpret_cast<unsigned long long*>(counters_.mutable_data_ptr<int64_t>());

@@ -58,6 +58,25 @@ __device__ __forceinline__ void add_release(unsigned long long* p, unsigned long
   asm volatile("red.release.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
+// An L2 load (ld.global.cg: no stale L1 line) of data other blocks write, as float.
+// volatile + "memory": the compiler keeps it between the hand-off's barriers (the
+// 16-bit __ldcg overloads are plain asm, which it may move).
+__device__ __forceinline__ float load_cg(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ float load_cg(const __half* p) {
+  unsigned short bits;
+  asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(bits) : "l"(p) : "memory");
+  return __half2float(__ushort_as_half(bits));
+}
+__device__ __forceinline__ float load_cg(const __nv_bfloat16* p) {
+  unsigned short bits;
+  asm volatile("ld.global.cg.b16 %0, [%1];" : "=h"(bits) : "l"(p) : "memory");
+  return __bfloat162float(__ushort_as_bfloat16(bits));
+}
+
 __device__ __forceinline__ int64_t step_rows(const PersistentSequence& s, int64_t t) {
   return s.batch_sizes != nullptr ? s.batch_sizes[t] : s.N;
 }
@@ -75,13 +94,11 @@ __device__ __forceinline__ void wait_for_count(const unsigned long long* counter
   __syncthreads();
 }
 
-// Counts this block's step as done: every thread's stores first (barrier), then the add.
+// Counts this block's step as done: every thread's stores first (barrier), then the
+// add, whose release is cumulative over the stores the barrier ordered before it.
 __device__ __forceinline__ void signal_step(unsigned long long* counter) {
   __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    add_release(counter, 1);
-  }
+  if (threadIdx.x == 0) add_release(counter, 1);
 }
 
 // One level of reduce_scatter32: a lane keeps the half of its first 2S values
@@ -124,7 +141,7 @@ __device__ __forceinline__ void load_rows(float (&v)[kChunkRows][KK], const T* A
 #pragma unroll
     for (int j = 0; j < KK; ++j) {
       const int64_t k = static_cast<int64_t>(threadIdx.x) + static_cast<int64_t>(kThreads) * j;
-      v[r][j] = (src != nullptr && k < H) ? to_acc(__ldcg(src + k)) : 0.f;
+      v[r][j] = (src != nullptr && k < H) ? load_cg(src + k) : 0.f;
     }
   }
 }
@@ -244,7 +261,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   T* Y = p.y + d * H;
   const T* hx = p.hx[d];
   T* h_n = p.h_n[d];
-  unsigned long long* counter = s.step_counters + d;
+  unsigned long long* counter = s.step_counters + d * kPersistentCounterStride;
   const unsigned long long per_step = static_cast<unsigned long long>(G);
 
 #pragma unroll 1
@@ -256,7 +273,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
 #pragma unroll
     for (int e = 0; e < kOutPerThread; ++e) {
       const int64_t b = at.row(e);
-      proj[e] = (at.col_ok && b < rows) ? to_acc(__ldcg(Y + (off + b) * ldy + c)) : 0.f;
+      proj[e] = (at.col_ok && b < rows) ? load_cg(Y + (off + b) * ldy + c) : 0.f;
     }
     // Row b starts from A[b] (the neighbouring step) when b < split, else from hx[b];
     // rows b >= hn_start end their sequence here.
@@ -309,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   const T* grad_h_n = p.grad_h_n[d];
   T* grad_hx = p.grad_hx[d];
   T* h_prev = p.h_prev[d];
-  unsigned long long* counter = s.step_counters + d;
+  unsigned long long* counter = s.step_counters + d * kPersistentCounterStride;
   const unsigned long long per_step = static_cast<unsigned long long>(G);
 
   // Steps in reverse order of the forward pass. At each, the block first finishes
@@ -330,8 +347,8 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
       const int64_t b = at.row(e);
       dy[e] = h[e] = ghn[e] = 0.f;
       if (at.col_ok && b < rows) {
-        dy[e] = to_acc(__ldcg(DZ + (off + b) * ld + c));
-        h[e] = to_acc(__ldcg(Y + (off + b) * ld + c));
+        dy[e] = load_cg(DZ + (off + b) * ld + c);
+        h[e] = load_cg(Y + (off + b) * ld + c);
         if (grad_h_n != nullptr) ghn[e] = to_acc(grad_h_n[b * H + c]);
         const T* src;
         if (d == 0) {

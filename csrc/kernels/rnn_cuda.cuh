@@ -134,6 +134,8 @@ constexpr int kPersistentThreads = 256;     // threads per block; thread i owns 
 constexpr int64_t kPersistentMaxRows = 128;  // batch rows (4 outputs per thread)
 constexpr int64_t kPersistentMaxH = 2048;    // 8 k per thread (64 weight registers)
 
+constexpr int64_t kPersistentCounterStride = 16;  // 64-bit words between step counters
+
 inline int64_t persistent_blocks_per_direction(int64_t H) {
   return (H + kPersistentCols - 1) / kPersistentCols;
 }
@@ -146,7 +148,9 @@ struct PersistentSequence {
   int64_t T = 0, N = 0, H = 0, D = 1;
   const int64_t* batch_sizes = nullptr;
   const int64_t* offsets = nullptr;
-  unsigned long long* step_counters = nullptr;  // D counters, zeroed before the launch
+  // Direction d's step counter is step_counters[d * kPersistentCounterStride] (own
+  // 128-byte line); zeroed before the launch.
+  unsigned long long* step_counters = nullptr;
 };
 
 // Forward: y holds the input projection of every step (x @ W_ih^T, no bias) on entry
