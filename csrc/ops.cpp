@@ -1,6 +1,7 @@
 // The rnnfast operator library: every schema in one TORCH_LIBRARY block, plus the
 // typed C++ entry points of rnnfast.h. Kernels are registered per backend in
-// cpu/ and cuda/ with TORCH_LIBRARY_IMPL; autograd and fake kernels from Python.
+// cpu/ and cuda/ with TORCH_LIBRARY_IMPL; fake kernels and autograd from Python,
+// except the cell's autograd (autograd.cpp).
 #include <torch/library.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 

@@ -1,7 +1,8 @@
 // Public C++ API of rnnfast: typed entry points that call the dispatcher, so C++
 // callers get the same device dispatch and checks as Python. Shapes are documented
-// on the schemas in ops.cpp. (Autograd is registered from Python; C++ callers who
-// train call rnn_backward themselves.)
+// on the schemas in ops.cpp. (rnn_cell_forward has a C++ autograd kernel,
+// autograd.cpp; rnn_forward's autograd is registered from Python, so C++ callers who
+// train a sequence call rnn_backward themselves.)
 #pragma once
 
 #include <ATen/ATen.h>

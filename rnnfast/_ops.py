@@ -374,19 +374,9 @@ def _cell_setup(ctx, inputs, output):
     ctx.save_for_backward(input, hx, w_ih, w_hh, output)
 
 
-def _cell_backward(ctx, grad_h):
-    input, hx, w_ih, w_hh, h = ctx.saved_tensors
-    gx, ghx, gwi, gwh, gb = _lib._rnn_cell_backward(
-        grad_h, input, hx, w_ih, w_hh, h, ctx.has_bias, ctx.nonlinearity
-    )
-    gb_ih = gb if ctx.has_bias else None
-    gb_hh = gb.clone() if ctx.has_bias else None
-    return gx, ghx, gwi, gwh, gb_ih, gb_hh, None
-
-
-torch.library.register_autograd(
-    "rnnfast::rnn_cell_forward", _cell_backward, setup_context=_cell_setup
-)
+# rnn_cell_forward's autograd kernel is in C++ (csrc/autograd.cpp: a cell runs once per
+# step, and a Python formula would cost more than a small cell). _cell_setup serves
+# the torch.func path (functional._RNNCellForward).
 
 
 def _cell_backward_setup(ctx, inputs, output):

@@ -223,6 +223,11 @@ def rnn_cell(
     input (N, H_in), hx (N, H); returns (N, H).
     """
     input, hx, w_ih, w_hh, b_ih, b_hh = _autocast(input, hx, w_ih, w_hh, b_ih, b_hh)
+    return _rnn_cell_cast(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+
+
+def _rnn_cell_cast(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    """rnn_cell on tensors already cast for autocast."""
     if _in_functorch_transform():
         return _RNNCellForward.apply(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     return torch.ops.rnnfast.rnn_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)

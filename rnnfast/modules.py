@@ -204,6 +204,25 @@ def _check_cell_sizes(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor) -> 
         )
 
 
+def _cell_args_ok(input, hx, w_ih, w_hh, b_ih, b_hh) -> bool:
+    """True when _check_cell_sizes and _check_cell_tensors would both pass: the common
+    case, tested with a few attribute reads (a cell runs once per step, from Python)."""
+    try:
+        N, I = input.shape  # noqa: E741
+        N_hx, H = hx.shape
+        H_ih, I_w = w_ih.shape
+        H_hh, H_w = w_hh.shape
+    except ValueError:  # not 2-D
+        return False
+    if not (N == N_hx and I == I_w and H == H_ih == H_hh == H_w):
+        return False
+    dtype, device = input.dtype, input.device
+    for t in (hx, w_ih, w_hh, b_ih, b_hh):
+        if t is not None and (t.dtype != dtype or t.device != device):
+            return False
+    return all(b is None or b.shape == (H,) for b in (b_ih, b_hh))
+
+
 def _check_cell_tensors(input, hx, w_ih, w_hh, b_ih, b_hh) -> None:
     # nn.RNNCell has no dtype, device or bias-shape check of its own: a mismatch
     # surfaces from the first of its two linears, linear(hx, w_hh, b_hh) then
@@ -259,12 +278,14 @@ class RNNCell(nn.RNNCellBase):
             hx = hx.unsqueeze(0) if not is_batched else hx
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        _check_cell_sizes(input, hx, self.weight_ih, self.weight_hh)
-        # The tensors the kernel sees: under autocast, cast as nn.RNNCell's linears are.
+        # The tensors the kernel sees: under autocast, cast as nn.RNNCell's linears are
+        # (casting changes no size, so the size checks see what nn.RNNCell's see).
         input, hx, w_ih, w_hh, b_ih, b_hh = F_rnn._autocast(
             input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         )
-        _check_cell_tensors(input, hx, w_ih, w_hh, b_ih, b_hh)
+        if not _cell_args_ok(input, hx, w_ih, w_hh, b_ih, b_hh):
+            _check_cell_sizes(input, hx, w_ih, w_hh)
+            _check_cell_tensors(input, hx, w_ih, w_hh, b_ih, b_hh)
         # torch quirk, kept for drop-in parity: an unbatched input with a 2-D hx (B, H)
         # (which passed the checks above only if B == H) is broadcast over hx's rows,
         # and the (B, H) result is returned as is.
@@ -272,7 +293,7 @@ class RNNCell(nn.RNNCellBase):
         if broadcast:
             hx = hx[0]
             input = input.expand(hx.size(0), -1)
-        ret = F_rnn.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+        ret = F_rnn._rnn_cell_cast(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
         if not is_batched and not broadcast:
             ret = ret.squeeze(0)
         return ret
