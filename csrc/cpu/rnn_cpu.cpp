@@ -884,8 +884,10 @@ void cell_bias_act(Activation act, int64_t N, int64_t H, const T* bias, T* h) {
   bias_act_rows<T>(act, N, H, bias, h, H, h, H);
 }
 
-// Rows per single-thread MKL call in the cell's forward (see there).
+// Rows and columns of the output per single-thread MKL call in the cell's forward
+// (see there). Column blocks let a small batch use every thread too.
 constexpr int64_t kCellRowBlock = 32;
+constexpr int64_t kCellColBlock = 128;
 
 at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -913,22 +915,26 @@ at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
     }
     T* out = h.mutable_data_ptr<T>();
     // float32: the AVX-512 kernel would need W^T, a copy of both weights per call (more
-    // than the product itself at small batch); MKL reads W in place. Rows go in fixed
-    // blocks, one single-thread MKL call each, spread over torch's threads: the blocks,
-    // hence the rounding, do not depend on the thread count.
+    // than the product itself at small batch); MKL reads W in place. The output goes in
+    // fixed blocks of rows x columns, one single-thread MKL call each, spread over
+    // torch's threads: the blocks, hence the rounding, do not depend on the thread count.
     const bool by_blocks = std::is_same_v<T, float> && have_one_thread_blas();
     auto add_product = [&](int64_t K, const T* A, const T* W, T beta) {  // out (+)= A W^T
       if (!by_blocks) {
         gemm_any<T>(false, true, s.N, s.H, K, A, K, W, K, beta, out, s.H);
         return;
       }
-      const int64_t blocks = (s.N + kCellRowBlock - 1) / kCellRowBlock;
-      const int64_t grain = std::max<int64_t>(1, (1 << 19) / std::max<int64_t>(kCellRowBlock * s.H * K, 1));
-      at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+      const int64_t row_blocks = (s.N + kCellRowBlock - 1) / kCellRowBlock;
+      const int64_t col_blocks = (s.H + kCellColBlock - 1) / kCellColBlock;
+      const int64_t grain = std::max<int64_t>(
+          1, (1 << 19) / std::max<int64_t>(kCellRowBlock * kCellColBlock * K, 1));
+      at::parallel_for(0, row_blocks * col_blocks, grain, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = b * kCellRowBlock, rows = std::min(kCellRowBlock, s.N - r0);
-          gemm_one_thread<T>(false, true, rows, s.H, K, T(1), A + r0 * K, K, W, K, beta,
-                             out + r0 * s.H, s.H);
+          const int64_t r0 = (b / col_blocks) * kCellRowBlock, c0 = (b % col_blocks) * kCellColBlock;
+          const int64_t rows = std::min(kCellRowBlock, s.N - r0);
+          const int64_t cols = std::min(kCellColBlock, s.H - c0);
+          gemm_one_thread<T>(false, true, rows, cols, K, T(1), A + r0 * K, K, W + c0 * K, K, beta,
+                             out + r0 * s.H + c0, s.H);
         }
       });
     };
