@@ -26,6 +26,7 @@
 #include "../kernels/activations.h"
 #include "../rnn_args.h"
 #include "blas.h"
+#include "parallel_tiles.h"
 #include "step_avx512.h"
 
 #include <omp.h>
@@ -924,19 +925,13 @@ at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
         gemm_any<T>(false, true, s.N, s.H, K, A, K, W, K, beta, out, s.H);
         return;
       }
-      const int64_t row_blocks = (s.N + kCellRowBlock - 1) / kCellRowBlock;
-      const int64_t col_blocks = (s.H + kCellColBlock - 1) / kCellColBlock;
       const int64_t grain = std::max<int64_t>(
           1, (1 << 19) / std::max<int64_t>(kCellRowBlock * kCellColBlock * K, 1));
-      at::parallel_for(0, row_blocks * col_blocks, grain, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = (b / col_blocks) * kCellRowBlock, c0 = (b % col_blocks) * kCellColBlock;
-          const int64_t rows = std::min(kCellRowBlock, s.N - r0);
-          const int64_t cols = std::min(kCellColBlock, s.H - c0);
-          gemm_one_thread<T>(false, true, rows, cols, K, T(1), A + r0 * K, K, W + c0 * K, K, beta,
-                             out + r0 * s.H + c0, s.H);
-        }
-      });
+      parallel_tiles(s.N, s.H, kCellRowBlock, kCellColBlock, grain,
+                     [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+                       gemm_one_thread<T>(false, true, r1 - r0, c1 - c0, K, T(1), A + r0 * K, K,
+                                          W + c0 * K, K, beta, out + r0 * s.H + c0, s.H);
+                     });
     };
     add_product(s.I, x.const_data_ptr<T>(), wi.const_data_ptr<T>(), T(0));
     add_product(s.H, h0.const_data_ptr<T>(), wh.const_data_ptr<T>(), T(1));

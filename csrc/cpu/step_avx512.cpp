@@ -8,6 +8,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "parallel_tiles.h"
+
 #define RNNFAST_AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")))
 #define RNNFAST_AVX512_BF16 \
   __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2,avx512bf16")))
@@ -236,31 +238,25 @@ void step_any(const StepArgsT<In>& s, int64_t n_begin, int64_t n_end) {
 template <typename In, typename SetKBlock>
 void tiled_gemm(int64_t M, int64_t N, int64_t K, int64_t block_k, StepArgsT<In> proto,
                 float* C, int64_t ldc, bool accumulate, SetKBlock set_k_block) {
-  if (M <= 0 || N <= 0) return;
   constexpr int64_t kTileM = 64, kTileN = 256;
-  const int64_t tiles_m = (M + kTileM - 1) / kTileM, tiles_n = (N + kTileN - 1) / kTileN;
   const int64_t flops_per_tile = kTileM * kTileN * std::max<int64_t>(K, 1);
   const int64_t grain = std::max<int64_t>(1, (1 << 20) / flops_per_tile);
-  at::parallel_for(0, tiles_m * tiles_n, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t m0 = (tile / tiles_n) * kTileM, n0 = (tile % tiles_n) * kTileN;
-      const int64_t n1 = std::min(N, n0 + kTileN);
-      StepArgsT<In> s = proto;
-      s.M = std::min(kTileM, M - m0);
-      s.N = N;
-      s.C = C + m0 * ldc;
-      s.ldc = ldc;
-      if (K == 0) {
-        if (!accumulate)
-          for (int64_t r = 0; r < s.M; ++r) std::fill(s.C + r * ldc + n0, s.C + r * ldc + n1, 0.f);
-        continue;
-      }
-      for (int64_t k0 = 0; k0 < K; k0 += block_k) {
-        s.K = std::min(block_k, K - k0);
-        set_k_block(s, m0, k0);
-        s.epilogue = (k0 == 0 && !accumulate) ? Epilogue::Store : Epilogue::Accumulate;
-        step_any<In>(s, n0, n1);
-      }
+  parallel_tiles(M, N, kTileM, kTileN, grain, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+    StepArgsT<In> s = proto;
+    s.M = m1 - m0;
+    s.N = N;
+    s.C = C + m0 * ldc;
+    s.ldc = ldc;
+    if (K == 0) {
+      if (!accumulate)
+        for (int64_t r = 0; r < s.M; ++r) std::fill(s.C + r * ldc + n0, s.C + r * ldc + n1, 0.f);
+      return;
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += block_k) {
+      s.K = std::min(block_k, K - k0);
+      set_k_block(s, m0, k0);
+      s.epilogue = (k0 == 0 && !accumulate) ? Epilogue::Store : Epilogue::Accumulate;
+      step_any<In>(s, n0, n1);
     }
   });
 }
@@ -343,33 +339,21 @@ void pack_pairs(int64_t K, int64_t N, const BFloat16* S, int64_t k_stride, int64
   // k_stride == 1, i.e. this is a transpose of 32-bit words, blocked for L1.
   const BFloat16 zero(0.f);
   constexpr int64_t kPb = 32, kNb = 32;
-  const int64_t blocks_n = (N + kNb - 1) / kNb;
-  const int64_t blocks = ((pairs + kPb - 1) / kPb) * blocks_n;
-  at::parallel_for(0, blocks, 16, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t p0 = (b / blocks_n) * kPb, n0 = (b % blocks_n) * kNb;
-      const int64_t p1 = std::min(pairs, p0 + kPb), n1 = std::min(N, n0 + kNb);
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t k = 2 * p;
-          P[p * 2 * N + 2 * n] = S[k * k_stride + n * n_stride];
-          P[p * 2 * N + 2 * n + 1] = k + 1 < K ? S[(k + 1) * k_stride + n * n_stride] : zero;
-        }
-    }
+  parallel_tiles(pairs, N, kPb, kNb, 16, [&](int64_t p0, int64_t p1, int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t k = 2 * p;
+        P[p * 2 * N + 2 * n] = S[k * k_stride + n * n_stride];
+        P[p * 2 * N + 2 * n + 1] = k + 1 < K ? S[(k + 1) * k_stride + n * n_stride] : zero;
+      }
   });
 }
 
 void transpose(int64_t R, int64_t C, const BFloat16* S, int64_t ld, BFloat16* D) {
   constexpr int64_t kTile = 64;
-  const int64_t tiles_c = (C + kTile - 1) / kTile;
-  const int64_t tiles = ((R + kTile - 1) / kTile) * tiles_c;
-  at::parallel_for(0, tiles, 4, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = (t / tiles_c) * kTile, c0 = (t % tiles_c) * kTile;
-      const int64_t r1 = std::min(R, r0 + kTile), c1 = std::min(C, c0 + kTile);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t r = r0; r < r1; ++r) D[c * R + r] = S[r * ld + c];
-    }
+  parallel_tiles(R, C, kTile, kTile, 4, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t r = r0; r < r1; ++r) D[c * R + r] = S[r * ld + c];
   });
 }
 
