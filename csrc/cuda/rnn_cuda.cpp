@@ -198,6 +198,12 @@ at::Tensor stacked_w_ih(const RnnSizes& s, const std::vector<at::Tensor>& w, int
   return at::cat({w[(layer * 2) * per], w[(layer * 2 + 1) * per]}, 0);
 }
 
+// W_hh of layer-direction ld (= layer * D + d).
+template <typename T>
+const T* w_hh_ptr(const RnnSizes& s, const std::vector<at::Tensor>& w, int64_t ld) {
+  return w[ld * s.weights_per_layer() + 1].const_data_ptr<T>();
+}
+
 template <typename T>
 const T* bias_ptr(const RnnSizes& s, const std::vector<at::Tensor>& w, int64_t ld, int64_t k) {
   return s.has_biases ? w[ld * s.weights_per_layer() + k].const_data_ptr<T>() : nullptr;
@@ -303,7 +309,7 @@ void forward_step(const RnnSizes& s, int64_t layer, int64_t d, int64_t t,
   const auto& bs = s.batch_sizes;
   const auto& off = s.offsets;
   const int64_t ld = layer * s.D + d;
-  const T* w_hh = w[ld * s.weights_per_layer() + 1].const_data_ptr<T>();
+  const T* w_hh = w_hh_ptr<T>(s, w, ld);
   const T* hx_d = hx + ld * s.N * H;
   T* Yd = Y + d * H;
   T* Yt = Yd + off[t] * DH;
@@ -358,7 +364,7 @@ void forward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& hx
       p.seq = persistent->next_launch();
       for (const auto d : c10::irange(s.D)) {
         const int64_t ld = layer * s.D + d;
-        p.w_hh[d] = cu(w[ld * s.weights_per_layer() + 1].const_data_ptr<T>());
+        p.w_hh[d] = cu(w_hh_ptr<T>(s, w, ld));
         p.b_ih[d] = cu(bias_ptr<T>(s, w, ld, 2));
         p.b_hh[d] = cu(bias_ptr<T>(s, w, ld, 3));
         p.hx[d] = cu(hx.const_data_ptr<T>() + ld * s.N * s.H);
@@ -396,7 +402,7 @@ void backward_step(const RnnSizes& s, int64_t layer, int64_t d, int64_t t,
   const auto& bs = s.batch_sizes;
   const auto& off = s.offsets;
   const int64_t ld = layer * s.D + d;
-  const T* w_hh = w[ld * s.weights_per_layer() + 1].const_data_ptr<T>();
+  const T* w_hh = w_hh_ptr<T>(s, w, ld);
   const T* hx_d = hx + ld * s.N * H;
   const T* dhn_d = grad_h_n ? grad_h_n + ld * s.N * H : nullptr;
   T* dhx_d = grad_hx + ld * s.N * H;
@@ -482,7 +488,7 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
       p.seq = persistent->next_launch();
       for (const auto d : c10::irange(s.D)) {
         const int64_t ld = layer * s.D + d;
-        p.w_hh[d] = cu(w[ld * s.weights_per_layer() + 1].const_data_ptr<T>());
+        p.w_hh[d] = cu(w_hh_ptr<T>(s, w, ld));
         p.hx[d] = cu(hx.const_data_ptr<T>() + ld * s.N * H);
         p.grad_h_n[d] = ghn != nullptr ? cu(ghn + ld * s.N * H) : nullptr;
         p.grad_hx[d] = cu(grad_hx.mutable_data_ptr<T>() + ld * s.N * H);
