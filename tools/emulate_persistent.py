@@ -304,6 +304,17 @@ def step_offset(s, t):
     return s.off[t] if s.off is not None else t * s.N
 
 
+def prev_state(s, Y, ld, d, t, rows):
+    """(from, split) of the kernels' prev_state: rows b < split start from row b of
+    `from`, the others from hx[b]."""
+    if d == 0:
+        if t > 0:
+            return Y + step_offset(s, t - 1) * ld, rows
+    elif t + 1 < s.T:
+        return Y + step_offset(s, t + 1) * ld, step_rows(s, t + 1)
+    return None, 0
+
+
 # --------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------
@@ -409,17 +420,10 @@ def forward_kernel(mem, s, p, policy="uniform", order_seed=0):
                 m = col_ok & (b < rows)
                 if m.any():
                     proj[e, m] = mem.read(Y, (off + b[m]) * ldy + c[m], ctx, TID[m], "proj")
-            A = None
-            split = 0
+            A, split = prev_state(s, Y, ldy, d, t, rows)
             if d == 0:
-                if i > 0:
-                    A = Y + step_offset(s, t - 1) * ldy
-                    split = rows
                 hn_start = step_rows(s, t + 1) if t + 1 < steps else 0
             else:
-                if i > 0:
-                    A = Y + step_offset(s, t + 1) * ldy
-                    split = step_rows(s, t + 1)
                 hn_start = 0 if t == 0 else rows
             yield None
             if i > 0:
@@ -486,6 +490,7 @@ def backward_kernel(mem, s, p, policy="uniform", order_seed=0):
             rows, off = step_rows(s, t), step_offset(s, t)
             tp = t + 1 if d == 0 else t - 1
             rows_prev = step_rows(s, tp) if i > 0 else 0
+            prev_from, prev_split = prev_state(s, Y, ld, d, t, rows)
             dy = np.zeros((OUT_PER_THREAD, K_THREADS))
             hh = np.zeros((OUT_PER_THREAD, K_THREADS))
             ghn = np.zeros((OUT_PER_THREAD, K_THREADS))
@@ -502,11 +507,7 @@ def backward_kernel(mem, s, p, policy="uniform", order_seed=0):
                 vals = np.empty(bm.size)
                 for q in range(bm.size):
                     bb = int(bm[q])
-                    if d == 0:
-                        src = (Y + (step_offset(s, t - 1) + bb) * ld) if t > 0 else (hx + bb * H)
-                    else:
-                        src = ((Y + (step_offset(s, t + 1) + bb) * ld)
-                               if (t + 1 < steps and bb < step_rows(s, t + 1)) else (hx + bb * H))
+                    src = (prev_from + bb * ld) if bb < prev_split else (hx + bb * H)
                     vals[q] = mem.read(src, np.array([cm[q]]), ctx, np.array([tm[q]]), "src")[0]
                 mem.write(h_prev, (off + bm) * H + cm, vals, ctx, tm, "h_prev")
                 yield None

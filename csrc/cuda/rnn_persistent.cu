@@ -203,6 +203,7 @@ struct BlockPlace {
   int G, d, g, tid;
   int64_t c, red_stride;
   bool col_ok;
+  unsigned long long* counter;  // the direction's step counter
   __device__ explicit BlockPlace(const PersistentSequence& s)
       : G(static_cast<int>(gridDim.x / s.D)),
         d(static_cast<int>(blockIdx.x) / G),
@@ -210,13 +211,38 @@ struct BlockPlace {
         tid(static_cast<int>(threadIdx.x)),
         c(static_cast<int64_t>(g) * kCols + tid % kCols),
         red_stride(padded_rows(s.N) * kCols),
-        col_ok(c < s.H) {}
+        col_ok(c < s.H),
+        counter(s.step_counters + d * kPersistentCounterStride) {}
+  // The counter's value once every block of the direction has finished `steps` steps.
+  __device__ unsigned long long count_after(int64_t steps) const {
+    return static_cast<unsigned long long>(G) * static_cast<unsigned long long>(steps);
+  }
   __device__ int64_t row(int e) const {
     return tid / kCols + static_cast<int64_t>(kThreads / kCols) * e;
   }
   // Offset of output (row b, column c) in the per-warp sums.
   __device__ int64_t out(int64_t b) const { return b * kCols + tid % kCols; }
 };
+
+// Where the forward's rows of step t start from: row b < split from row b of
+// `from` (the neighbouring step in processing order: t-1 for direction 0, t+1 for
+// direction 1), the others from hx[b]. The first step processed starts all from hx.
+template <typename T>
+struct PrevState {
+  const T* from;
+  int64_t split;
+};
+
+template <typename T>
+__device__ __forceinline__ PrevState<T> prev_state(const PersistentSequence& s, const T* Y,
+                                                   int64_t ld, int d, int64_t t, int64_t rows) {
+  if (d == 0) {
+    if (t > 0) return {Y + step_offset(s, t - 1) * ld, rows};
+  } else if (t + 1 < s.T) {
+    return {Y + step_offset(s, t + 1) * ld, step_rows(s, t + 1)};
+  }
+  return {nullptr, 0};
+}
 
 // This thread's slice of W (H x H, row-major): w[cc][j] = W[8g + cc][k] (forward) or
 // W[k][8g + cc] (backward: W^T), k = tid + 256j; zero outside the matrix.
@@ -251,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   extern __shared__ float red[];
   const PersistentSequence& s = p.seq;
   const BlockPlace at(s);
-  const int G = at.G, d = at.d;
+  const int d = at.d;
   const int64_t H = s.H, ldy = s.D * H, steps = s.T, c = at.c;
   float w[kCols][KK];
   load_weight_slice<T, KK>(w, p.w_hh[d], at.g, H, /*transposed=*/false);
@@ -261,8 +287,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   T* Y = p.y + d * H;
   const T* hx = p.hx[d];
   T* h_n = p.h_n[d];
-  unsigned long long* counter = s.step_counters + d * kPersistentCounterStride;
-  const unsigned long long per_step = static_cast<unsigned long long>(G);
 
 #pragma unroll 1
   for (int64_t i = 0; i < steps; ++i) {
@@ -275,25 +299,12 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
       const int64_t b = at.row(e);
       proj[e] = (at.col_ok && b < rows) ? load_cg(Y + (off + b) * ldy + c) : 0.f;
     }
-    // Row b starts from A[b] (the neighbouring step) when b < split, else from hx[b];
-    // rows b >= hn_start end their sequence here.
-    const T* A = nullptr;
-    int64_t split = 0, hn_start;
-    if (d == 0) {
-      if (i > 0) {
-        A = Y + step_offset(s, t - 1) * ldy;
-        split = rows;
-      }
-      hn_start = t + 1 < steps ? step_rows(s, t + 1) : 0;
-    } else {
-      if (i > 0) {
-        A = Y + step_offset(s, t + 1) * ldy;
-        split = step_rows(s, t + 1);
-      }
-      hn_start = t == 0 ? 0 : rows;
-    }
-    if (i > 0) wait_for_count(counter, per_step * static_cast<unsigned long long>(i));
-    block_matvec<T, KK>(w, A, ldy, split, hx, H, rows, H, red, at.red_stride);
+    const PrevState<T> prev = prev_state<T>(s, Y, ldy, d, t, rows);
+    // Rows b >= hn_start end their sequence here.
+    const int64_t hn_start = d == 0 ? (t + 1 < steps ? step_rows(s, t + 1) : 0)
+                                    : (t == 0 ? 0 : rows);
+    if (i > 0) wait_for_count(at.counter, at.count_after(i));
+    block_matvec<T, KK>(w, prev.from, ldy, prev.split, hx, H, rows, H, red, at.red_stride);
     __syncthreads();
 #pragma unroll
     for (int e = 0; e < kOutPerThread; ++e) {
@@ -305,7 +316,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
         if (b >= hn_start) h_n[b * H + c] = h;
       }
     }
-    signal_step(counter);
+    signal_step(at.counter);
   }
 }
 
@@ -315,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   extern __shared__ float red[];
   const PersistentSequence& s = p.seq;
   const BlockPlace at(s);
-  const int G = at.G, d = at.d;
+  const int d = at.d;
   const int64_t H = s.H, ld = s.D * H, steps = s.T, c = at.c;
   // W^T: the gradient reaching h_{t-1}[k] is sum_c dz_t[c] * W[c][k].
   float w[kCols][KK];
@@ -326,8 +337,6 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
   const T* grad_h_n = p.grad_h_n[d];
   T* grad_hx = p.grad_hx[d];
   T* h_prev = p.h_prev[d];
-  unsigned long long* counter = s.step_counters + d * kPersistentCounterStride;
-  const unsigned long long per_step = static_cast<unsigned long long>(G);
 
   // Steps in reverse order of the forward pass. At each, the block first finishes
   // the previous (later-in-BPTT-order) step tp: R = dz_tp @ W for its columns. R is
@@ -341,6 +350,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
     const int64_t rows_prev = i > 0 ? step_rows(s, tp) : 0;
     // The block's own inputs of the step, read before waiting on the other blocks;
     // and the state each row started from (for dW_hh), copied now.
+    const PrevState<T> prev = prev_state<T>(s, Y, ld, d, t, rows);
     float dy[kOutPerThread], h[kOutPerThread], ghn[kOutPerThread];
 #pragma unroll
     for (int e = 0; e < kOutPerThread; ++e) {
@@ -350,18 +360,12 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
         dy[e] = load_cg(DZ + (off + b) * ld + c);
         h[e] = load_cg(Y + (off + b) * ld + c);
         if (grad_h_n != nullptr) ghn[e] = to_acc(grad_h_n[b * H + c]);
-        const T* src;
-        if (d == 0) {
-          src = t > 0 ? Y + (step_offset(s, t - 1) + b) * ld : hx + b * H;
-        } else {
-          src = (t + 1 < steps && b < step_rows(s, t + 1)) ? Y + (step_offset(s, t + 1) + b) * ld
-                                                            : hx + b * H;
-        }
+        const T* src = b < prev.split ? prev.from + b * ld : hx + b * H;
         h_prev[(off + b) * H + c] = src[c];
       }
     }
     const T* A = i > 0 ? DZ + step_offset(s, tp) * ld : nullptr;
-    if (i > 0) wait_for_count(counter, per_step * static_cast<unsigned long long>(i));
+    if (i > 0) wait_for_count(at.counter, at.count_after(i));
     block_matvec<T, KK>(w, A, ld, rows_prev, A, ld, rows_prev, H, red, at.red_stride);
     __syncthreads();
 #pragma unroll
@@ -377,14 +381,14 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<KK>())
         grad_hx[b * H + c] = from_acc<T>(warp_sum(red, at.red_stride, at.out(b)));
       }
     }
-    signal_step(counter);
+    signal_step(at.counter);
   }
 
   // The last step's gradient flows into hx.
   const int64_t t_last = d == 0 ? 0 : steps - 1;
   const int64_t rows_last = step_rows(s, t_last);
   const T* A = DZ + step_offset(s, t_last) * ld;
-  wait_for_count(counter, per_step * static_cast<unsigned long long>(steps));
+  wait_for_count(at.counter, at.count_after(steps));
   block_matvec<T, KK>(w, A, ld, rows_last, A, ld, rows_last, H, red, at.red_stride);
   __syncthreads();
 #pragma unroll
