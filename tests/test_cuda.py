@@ -426,8 +426,10 @@ def test_second_device():
     assert_all_close(actual, expected, case, atol=1e-5, rtol=1e-5)
 
 
-def test_cuda_graph_capture(no_tf32):
-    case = make_case(num_layers=2, bidirectional=True, T=6, N=4, H=32)
+def capture_and_replay(case):
+    """Captures a 2-layer bidirectional forward of case in a CUDA graph (after warm-up
+    on a side stream), replays it on a new input, and returns the replayed output and
+    h_n, the eager results for that input, and the persistent launches the capture made."""
     x = case.x.float().cuda()
     hx = case.hx.float().cuda()
     ws = [w.float().cuda() for w in case.weights]
@@ -442,13 +444,21 @@ def test_cuda_graph_capture(no_tf32):
             step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
+    before = ops._persistent_launches()
     with torch.cuda.graph(graph):
         static_out, static_hn = step()
+    launches = ops._persistent_launches() - before
     new_x = torch.randn_like(x)
     x.copy_(new_x)
     graph.replay()
     torch.cuda.synchronize()
     eager_out, eager_hn = ops.rnn_forward(new_x, hx, ws, None, None, True, 2, "tanh", True)[:2]
+    return (static_out, static_hn), (eager_out, eager_hn), launches
+
+
+def test_cuda_graph_capture(no_tf32):
+    case = make_case(num_layers=2, bidirectional=True, T=6, N=4, H=32)
+    (static_out, static_hn), (eager_out, eager_hn), _ = capture_and_replay(case)
     torch.testing.assert_close(static_out, eager_out, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(static_hn, eager_hn, atol=1e-6, rtol=1e-6)
 

@@ -21,7 +21,8 @@ import torch
 
 import rnnfast  # noqa: F401  (registers torch.ops.rnnfast)
 from test_cuda import (  # noqa: F401  (no_tf32 is a fixture)
-    assert_all_close, assert_low_precision_close, make_case, no_tf32, round_case, run)
+    assert_all_close, assert_low_precision_close, capture_and_replay, make_case, no_tf32,
+    round_case, run)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -169,29 +170,8 @@ def test_cuda_graph_capture(monkeypatch, no_tf32):
     # per-step path) and the replay computes the new input's result.
     set_path(monkeypatch, "1")
     case = make_case(num_layers=2, bidirectional=True, T=6, N=4, H=32, seed=20)
-    x = case.x.float().cuda()
-    hx = case.hx.float().cuda()
-    ws = [w.float().cuda() for w in case.weights]
-
-    def step():
-        return ops.rnn_forward(x, hx, ws, None, None, True, 2, "tanh", True)[:2]
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    before = ops._persistent_launches()
-    with torch.cuda.graph(graph):
-        static_out, static_hn = step()
-    assert ops._persistent_launches() - before == 2
-    new_x = torch.randn_like(x)
-    x.copy_(new_x)
-    graph.replay()
-    torch.cuda.synchronize()
-    eager_out, eager_hn = ops.rnn_forward(new_x, hx, ws, None, None, True, 2, "tanh", True)[:2]
+    (static_out, static_hn), (eager_out, eager_hn), launches = capture_and_replay(case)
+    assert launches == 2
     torch.testing.assert_close(static_out, eager_out, atol=0, rtol=0)
     torch.testing.assert_close(static_hn, eager_hn, atol=0, rtol=0)
 
