@@ -16,8 +16,8 @@ __all__ = ["rnn", "rnn_cell"]
 
 
 # torch.func transforms (grad, vjp, jacrev, vmap over them) need an autograd.Function
-# with setup_context; the ops' own autograd (torch.library.register_autograd) is not
-# one. Inside a transform the ops are called through these Functions, which reuse the
+# with setup_context; the ops' own autograd (torch.library.register_autograd, and the
+# cell's C++ kernel in csrc/autograd.cpp) is not one. Inside a transform the ops are called through these Functions, which reuse the
 # ops' setup and backward (rnnfast/_ops.py); everywhere else the ops are called directly.
 
 
