@@ -20,28 +20,34 @@ int64_t persistent_launches() { return persistent_launch_counter().load(); }
 }  // namespace rnnfast
 
 TORCH_LIBRARY(rnnfast, m) {
-  // Whole multi-layer (bi)directional Elman RNN over a time-major sequence.
+  // Whole multi-layer (bi)directional RNN / LSTM / GRU over a time-major sequence.
+  //   mode           nn.RNNBase's: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU"; G = 1, 1, 4, 3
+  //                  gates; P = proj_size if > 0 (LSTM only) else H
   //   input          (L, N, H_in) dense, or (sum(batch_sizes), H_in) packed
-  //   hx             (num_layers * D, N, H)
-  //   weights        nn.RNN's _flat_weights: per layer, per direction
-  //                  w_ih (H, H_in or D*H), w_hh (H, H)[, b_ih (H), b_hh (H)]
+  //   hx             [h0 (num_layers * D, N, P)], or for LSTM [h0, c0 (num_layers * D, N, H)]
+  //   weights        nn.RNNBase's _flat_weights: per layer, per direction
+  //                  w_ih (G*H, H_in or D*P), w_hh (G*H, P)[, b_ih (G*H), b_hh (G*H)]
+  //                  [, w_hr (P, H)]
   //   batch_sizes    None, or PackedSequence.batch_sizes (int64, CPU)
-  //   dropout_masks  None, or (num_layers - 1, rows, D*H): multiplies the output of
+  //   dropout_masks  None, or (num_layers - 1, rows, D*P): multiplies the output of
   //                  each layer but the last (already scaled by 1 / (1 - p))
-  // Returns output (L, N, D*H) or (rows, D*H), h_n (num_layers * D, N, H), and the
-  // workspace that _rnn_backward needs: the outputs of the layers below the top
-  // one, (num_layers - 1, rows, D*H).
+  //   train          keep what _rnn_backward needs
+  // Returns output (L, N, D*P) or (rows, D*P), h_n (hx's layout), and the workspace:
+  // [outputs of the layers below the top one (num_layers - 1, rows, D*P)], plus for
+  // LSTM / GRU with train [gates after activation (num_layers, rows, D*G*H),
+  // c (LSTM) or W_hn h_prev + b_hn (GRU) (num_layers, rows, D*H)].
   m.def(
-      "rnn_forward(Tensor input, Tensor hx, Tensor[] weights, Tensor? batch_sizes, "
-      "Tensor? dropout_masks, bool has_biases, int num_layers, str nonlinearity, "
-      "bool bidirectional) -> (Tensor output, Tensor h_n, Tensor workspace)");
-  // Backpropagation through time for rnn_forward. grad_output / grad_h_n may be
-  // None (treated as zeros). Returns the gradients of input, hx and every weight.
+      "rnn_forward(Tensor input, Tensor[] hx, Tensor[] weights, Tensor? batch_sizes, "
+      "Tensor? dropout_masks, str mode, bool has_biases, int num_layers, int proj_size, "
+      "bool bidirectional, bool train) -> (Tensor output, Tensor[] h_n, Tensor[] workspace)");
+  // Backpropagation through time for rnn_forward. grad_output and the entries of
+  // grad_h_n may be None (treated as zeros). Returns the gradients of input, of each
+  // hx state and of every weight.
   m.def(
-      "_rnn_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor hx, "
+      "_rnn_backward(Tensor? grad_output, Tensor?[] grad_h_n, Tensor input, Tensor[] hx, "
       "Tensor[] weights, Tensor? batch_sizes, Tensor? dropout_masks, Tensor output, "
-      "Tensor workspace, bool has_biases, int num_layers, str nonlinearity, "
-      "bool bidirectional) -> (Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
+      "Tensor[] workspace, str mode, bool has_biases, int num_layers, int proj_size, "
+      "bool bidirectional) -> (Tensor grad_input, Tensor[] grad_hx, Tensor[] grad_weights)");
   // One step of an Elman cell: h = act(input @ w_ih^T + b_ih + hx @ w_hh^T + b_hh).
   //   input (N, H_in), hx (N, H), w_ih (H, H_in), w_hh (H, H), b_ih / b_hh (H) or None
   m.def(
@@ -61,28 +67,30 @@ TORCH_LIBRARY(rnnfast, m) {
 
 namespace rnnfast {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_forward(
+    const at::Tensor& input, at::TensorList hx, at::TensorList weights,
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional) {
+    c10::string_view mode, bool has_biases, int64_t num_layers, int64_t proj_size,
+    bool bidirectional, bool train) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("rnnfast::rnn_forward", "")
                        .typed<decltype(rnn_forward)>();
-  return op.call(input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers,
-                 nonlinearity, bidirectional);
+  return op.call(input, hx, weights, batch_sizes, dropout_masks, mode, has_biases, num_layers,
+                 proj_size, bidirectional, train);
 }
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
-    c10::string_view nonlinearity, bool bidirectional) {
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_backward(
+    const std::optional<at::Tensor>& grad_output,
+    const c10::List<std::optional<at::Tensor>>& grad_h_n, const at::Tensor& input,
+    at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
+    at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
+    int64_t proj_size, bool bidirectional) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("rnnfast::_rnn_backward", "")
                        .typed<decltype(rnn_backward)>();
   return op.call(grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output,
-                 workspace, has_biases, num_layers, nonlinearity, bidirectional);
+                 workspace, mode, has_biases, num_layers, proj_size, bidirectional);
 }
 
 at::Tensor rnn_cell_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,

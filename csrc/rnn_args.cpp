@@ -38,19 +38,31 @@ void check_shape(const char* op, const std::string& name, const at::Tensor& t,
               shape_str(expected), ", got ", shape_str(t.sizes()));
 }
 
-const char* weight_kind(int64_t k) {
-  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-  return kinds[k];
-}
-
 std::string weight_name(const RnnSizes& s, int64_t layer, int64_t dir, int64_t k) {
+  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  const bool is_hr = s.has_proj && k == s.weights_per_layer() - 1;
   std::ostringstream os;
-  os << "weights[" << (layer * s.D + dir) * s.weights_per_layer() + k << "] ("
-     << weight_kind(k) << "_l" << layer << (dir == 1 ? "_reverse" : "") << ")";
+  os << "weights[" << s.weight_index(layer, dir, k) << "] ("
+     << (is_hr ? "weight_hr" : kinds[k]) << "_l" << layer << (dir == 1 ? "_reverse" : "")
+     << ")";
   return os.str();
 }
 
+const char* mode_name(CellKind k) {
+  static const char* names[] = {"RNN_TANH", "RNN_RELU", "LSTM", "GRU"};
+  return names[static_cast<int>(k)];
+}
+
 }  // namespace
+
+CellKind parse_mode(c10::string_view mode) {
+  if (mode == "RNN_TANH") return CellKind::RnnTanh;
+  if (mode == "RNN_RELU") return CellKind::RnnRelu;
+  if (mode == "LSTM") return CellKind::Lstm;
+  if (mode == "GRU") return CellKind::Gru;
+  TORCH_CHECK(false, "rnnfast: mode must be 'RNN_TANH', 'RNN_RELU', 'LSTM' or 'GRU', got '",
+              std::string(mode), "'");
+}
 
 Activation parse_nonlinearity(c10::string_view nonlinearity) {
   if (nonlinearity == "tanh") return Activation::Tanh;
@@ -59,16 +71,24 @@ Activation parse_nonlinearity(c10::string_view nonlinearity) {
               std::string(nonlinearity), "'");
 }
 
-RnnSizes check_rnn_args(const char* op, const at::Tensor& input, const at::Tensor& hx,
+RnnSizes check_rnn_args(const char* op, const at::Tensor& input, at::TensorList hx,
                         at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
-                        const std::optional<at::Tensor>& dropout_masks, bool has_biases,
-                        int64_t num_layers, c10::string_view nonlinearity, bool bidirectional) {
+                        const std::optional<at::Tensor>& dropout_masks, c10::string_view mode,
+                        bool has_biases, int64_t num_layers, int64_t proj_size,
+                        bool bidirectional, bool train) {
   RnnSizes s;
-  s.act = parse_nonlinearity(nonlinearity);
+  s.cell = parse_mode(mode);
+  s.act = elman_activation(s.cell);
+  s.G = cell_gates(s.cell);
   s.has_biases = has_biases;
+  s.train = train;
   s.D = bidirectional ? 2 : 1;
   TORCH_CHECK(num_layers >= 1, op, ": num_layers must be >= 1, got ", num_layers);
   s.NL = num_layers;
+  TORCH_CHECK(proj_size == 0 || s.cell == CellKind::Lstm, op, ": proj_size must be 0 for mode ",
+              mode_name(s.cell), ", got ", proj_size);
+  TORCH_CHECK(proj_size >= 0, op, ": proj_size must be >= 0, got ", proj_size);
+  s.has_proj = proj_size > 0;
 
   check_float_tensor(op, "input", input);
   s.packed = batch_sizes.has_value() && batch_sizes->defined();
@@ -81,16 +101,20 @@ RnnSizes check_rnn_args(const char* op, const at::Tensor& input, const at::Tenso
                 "-D tensor of shape ", shape_str(input.sizes()));
   }
 
-  // Weights: count, then shapes layer by layer. H comes from weight_hh_l0.
+  // Weights: count, then shapes layer by layer. G*H and P come from weight_hh_l0.
   const int64_t expected_count = s.NL * s.D * s.weights_per_layer();
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == expected_count, op, ": expected ",
-              expected_count, " weight tensors for num_layers=", s.NL,
-              ", bidirectional=", bidirectional, ", has_biases=", has_biases, ", got ",
-              weights.size());
-  TORCH_CHECK(weights[1].defined() && weights[1].dim() == 2, op,
-              ": weights[1] (weight_hh_l0) must be a 2-D tensor (H, H), got ",
+              expected_count, " weight tensors for mode=", mode_name(s.cell),
+              ", num_layers=", s.NL, ", bidirectional=", bidirectional,
+              ", has_biases=", has_biases, ", proj_size=", proj_size, ", got ", weights.size());
+  TORCH_CHECK(weights[1].defined() && weights[1].dim() == 2 && weights[1].size(0) % s.G == 0,
+              op, ": weights[1] (weight_hh_l0) must be a 2-D tensor (", s.G, "*H, ",
+              s.has_proj ? "proj_size" : "H", "), got ",
               weights[1].defined() ? shape_str(weights[1].sizes()) : std::string("undefined"));
-  s.H = weights[1].size(0);
+  s.H = weights[1].size(0) / s.G;
+  s.P = s.has_proj ? proj_size : s.H;
+  TORCH_CHECK(!s.has_proj || proj_size < s.H, op,
+              ": proj_size must be >= 0 and < hidden_size (", s.H, "), got ", proj_size);
   s.I = input.size(-1);
 
   if (s.packed) {
@@ -127,20 +151,31 @@ RnnSizes check_rnn_args(const char* op, const at::Tensor& input, const at::Tenso
     s.rows = s.T * s.N;
   }
 
-  check_float_tensor(op, "hx", hx);
-  check_same(op, "hx", hx, input, "input");
-  check_shape(op, "hx", hx, {s.NL * s.D, s.N, s.H});
+  TORCH_CHECK(static_cast<int64_t>(hx.size()) == s.states(), op, ": hx must hold ", s.states(),
+              " tensor", s.states() == 2 ? "s" : "", " for mode ", mode_name(s.cell),
+              s.states() == 2 ? " ([h0, c0])" : " ([h0])", ", got ", hx.size());
+  for (const auto k : c10::irange(s.states())) {
+    const std::string name = "hx[" + std::to_string(k) + "]";
+    check_float_tensor(op, name.c_str(), hx[k]);
+    check_same(op, name.c_str(), hx[k], input, "input");
+    check_shape(op, name, hx[k], {s.NL * s.D, s.N, k == 0 ? s.P : s.H});
+  }
 
   for (const auto layer : c10::irange(s.NL)) {
     for (const auto dir : c10::irange(s.D)) {
       for (const auto k : c10::irange(s.weights_per_layer())) {
-        const at::Tensor& w = weights[(layer * s.D + dir) * s.weights_per_layer() + k];
+        const at::Tensor& w = weights[s.weight_index(layer, dir, k)];
         const std::string name = weight_name(s, layer, dir, k);
         TORCH_CHECK(w.defined(), op, ": ", name, " is undefined");
         check_same(op, name.c_str(), w, input, "input");
-        if (k == 0) check_shape(op, name, w, {s.H, s.layer_input_size(layer)});
-        if (k == 1) check_shape(op, name, w, {s.H, s.H});
-        if (k >= 2) check_shape(op, name, w, {s.H});
+        if (s.has_proj && k == s.weights_per_layer() - 1)
+          check_shape(op, name, w, {s.P, s.H});
+        else if (k == 0)
+          check_shape(op, name, w, {s.G * s.H, s.layer_input_size(layer)});
+        else if (k == 1)
+          check_shape(op, name, w, {s.G * s.H, s.P});
+        else
+          check_shape(op, name, w, {s.G * s.H});
       }
     }
   }
@@ -148,72 +183,93 @@ RnnSizes check_rnn_args(const char* op, const at::Tensor& input, const at::Tenso
   if (dropout_masks.has_value() && dropout_masks->defined()) {
     const at::Tensor& m = *dropout_masks;
     check_same(op, "dropout_masks", m, input, "input");
-    check_shape(op, "dropout_masks", m, {s.NL - 1, s.rows, s.D * s.H});
+    check_shape(op, "dropout_masks", m, {s.NL - 1, s.rows, s.D * s.P});
   }
   return s;
 }
 
 void check_rnn_backward_args(const RnnSizes& s, const at::Tensor& input,
                              const std::optional<at::Tensor>& grad_output,
-                             const std::optional<at::Tensor>& grad_h_n, const at::Tensor& output,
-                             const at::Tensor& workspace) {
+                             const c10::List<std::optional<at::Tensor>>& grad_h_n,
+                             const at::Tensor& output, at::TensorList workspace) {
   const char* op = "rnnfast._rnn_backward";
   check_same(op, "output", output, input, "input");
   check_shape(op, "output", output, output_shape(s));
-  check_same(op, "workspace", workspace, input, "input");
-  check_shape(op, "workspace", workspace, workspace_shape(s));
+  const auto shapes = workspace_shapes(s);
+  TORCH_CHECK(workspace.size() >= shapes.size() || is_elman(s.cell), op,
+              ": the workspace has no saved gates (rnn_forward ran with train=False)");
+  TORCH_CHECK(workspace.size() == shapes.size(), op, ": workspace must hold ", shapes.size(),
+              " tensors for mode ", mode_name(s.cell), ", got ", workspace.size());
+  for (const auto k : c10::irange(shapes.size())) {
+    const std::string name = "workspace[" + std::to_string(k) + "]";
+    check_same(op, name.c_str(), workspace[k], input, "input");
+    check_shape(op, name, workspace[k], shapes[k]);
+  }
   if (grad_output.has_value() && grad_output->defined()) {
     check_same(op, "grad_output", *grad_output, input, "input");
     check_shape(op, "grad_output", *grad_output, output_shape(s));
   }
-  if (grad_h_n.has_value() && grad_h_n->defined()) {
-    check_same(op, "grad_h_n", *grad_h_n, input, "input");
-    check_shape(op, "grad_h_n", *grad_h_n, {s.NL * s.D, s.N, s.H});
+  TORCH_CHECK(static_cast<int64_t>(grad_h_n.size()) == s.states(), op, ": grad_h_n must hold ",
+              s.states(), " entries for mode ", mode_name(s.cell), ", got ", grad_h_n.size());
+  for (const auto k : c10::irange(s.states())) {
+    const std::optional<at::Tensor> g = grad_h_n.get(k);
+    if (!g.has_value() || !g->defined()) continue;
+    const std::string name = "grad_h_n[" + std::to_string(k) + "]";
+    check_same(op, name.c_str(), *g, input, "input");
+    check_shape(op, name, *g, {s.NL * s.D, s.N, k == 0 ? s.P : s.H});
   }
 }
 
 std::vector<int64_t> output_shape(const RnnSizes& s) {
-  if (s.packed) return {s.rows, s.D * s.H};
-  return {s.T, s.N, s.D * s.H};
+  if (s.packed) return {s.rows, s.D * s.P};
+  return {s.T, s.N, s.D * s.P};
 }
 
-std::vector<int64_t> workspace_shape(const RnnSizes& s) {
-  return {s.NL - 1, s.rows, s.D * s.H};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> allocate_forward_outputs(const RnnSizes& s,
-                                                                         const at::Tensor& input) {
-  at::Tensor output = at::empty(output_shape(s), input.options());
-  at::Tensor h_n = at::empty({s.NL * s.D, s.N, s.H}, input.options());
-  at::Tensor workspace = at::empty(workspace_shape(s), input.options());
-  if (nothing_to_compute(s)) {
-    output.zero_();
-    h_n.zero_();
+std::vector<std::vector<int64_t>> workspace_shapes(const RnnSizes& s) {
+  std::vector<std::vector<int64_t>> shapes{{s.NL - 1, s.rows, s.D * s.P}};
+  if (!is_elman(s.cell) && s.train) {
+    shapes.push_back({s.NL, s.rows, s.D * s.G * s.H});
+    shapes.push_back({s.NL, s.rows, s.D * s.H});
   }
-  return {output, h_n, workspace};
+  return shapes;
 }
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> allocate_backward_outputs(
-    const RnnSizes& s, const at::Tensor& input, const at::Tensor& hx, at::TensorList weights) {
-  at::Tensor grad_input = at::empty(input.sizes(), input.options());
-  at::Tensor grad_hx = at::empty(hx.sizes(), hx.options());
-  std::vector<at::Tensor> grad_weights;
-  for (const auto& w : weights) grad_weights.push_back(at::empty(w.sizes(), w.options()));
+ForwardOutputs allocate_forward_outputs(const RnnSizes& s, const at::Tensor& input) {
+  ForwardOutputs out;
+  out.output = at::empty(output_shape(s), input.options());
+  for (const auto k : c10::irange(s.states()))
+    out.h_n.push_back(at::empty({s.NL * s.D, s.N, k == 0 ? s.P : s.H}, input.options()));
+  for (const auto& shape : workspace_shapes(s))
+    out.workspace.push_back(at::empty(shape, input.options()));
   if (nothing_to_compute(s)) {
-    grad_input.zero_();
-    grad_hx.zero_();
-    for (auto& g : grad_weights) g.zero_();
+    out.output.zero_();
+    for (auto& h : out.h_n) h.zero_();
+    for (auto& w : out.workspace) w.zero_();
   }
-  return {grad_input, grad_hx, grad_weights};
+  return out;
+}
+
+BackwardOutputs allocate_backward_outputs(const RnnSizes& s, const at::Tensor& input,
+                                          at::TensorList hx, at::TensorList weights) {
+  BackwardOutputs out;
+  out.grad_input = at::empty(input.sizes(), input.options());
+  for (const auto& h : hx) out.grad_hx.push_back(at::empty(h.sizes(), h.options()));
+  for (const auto& w : weights) out.grad_weights.push_back(at::empty(w.sizes(), w.options()));
+  if (nothing_to_compute(s)) {
+    out.grad_input.zero_();
+    for (auto& g : out.grad_hx) g.zero_();
+    for (auto& g : out.grad_weights) g.zero_();
+  }
+  return out;
 }
 
 at::Tensor initial_output_grad(const RnnSizes& s, const std::optional<at::Tensor>& grad_output,
                                const at::Tensor& input, std::optional<at::ScalarType> dtype) {
   const at::ScalarType type = dtype.value_or(input.scalar_type());
   if (grad_output.has_value() && grad_output->defined())
-    return grad_output->reshape({s.rows, s.D * s.H})
+    return grad_output->reshape({s.rows, s.D * s.P})
         .to(type, /*non_blocking=*/false, /*copy=*/true, at::MemoryFormat::Contiguous);
-  return at::zeros({s.rows, s.D * s.H}, input.options().dtype(type));
+  return at::zeros({s.rows, s.D * s.P}, input.options().dtype(type));
 }
 
 std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
@@ -223,10 +279,10 @@ std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
   return out;
 }
 
-at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& workspace,
+at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& outputs,
                        const std::optional<at::Tensor>& masks) {
   if (layer == 0) return x2d;
-  at::Tensor below = workspace[layer - 1];
+  at::Tensor below = outputs[layer - 1];
   if (masks.has_value() && masks->defined()) return below * (*masks)[layer - 1];
   return below;
 }

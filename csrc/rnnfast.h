@@ -13,17 +13,20 @@
 
 namespace rnnfast {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward(
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+// mode: "RNN_TANH" | "RNN_RELU" | "LSTM" | "GRU"; hx: [h0] or [h0, c0] (LSTM).
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_forward(
+    const at::Tensor& input, at::TensorList hx, at::TensorList weights,
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional);
+    c10::string_view mode, bool has_biases, int64_t num_layers, int64_t proj_size,
+    bool bidirectional, bool train);
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
-    c10::string_view nonlinearity, bool bidirectional);
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_backward(
+    const std::optional<at::Tensor>& grad_output,
+    const c10::List<std::optional<at::Tensor>>& grad_h_n, const at::Tensor& input,
+    at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
+    at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
+    int64_t proj_size, bool bidirectional);
 
 at::Tensor rnn_cell_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,

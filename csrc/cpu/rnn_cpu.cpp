@@ -25,7 +25,8 @@
 
 #include "../kernels/activations.h"
 #include "../rnn_args.h"
-#include "blas.h"
+#include "cpu_common.h"
+#include "gated_cpu.h"
 #include "parallel_tiles.h"
 #include "step_avx512.h"
 
@@ -37,46 +38,6 @@ namespace {
 using at::vec::Vectorized;
 
 
-// dst (K x N, row-major) = src^T, src being N x K with row stride ld; in 32 x 32
-// tiles so that both the reads and the strided writes stay in L1.
-void transpose_to(const float* src, int64_t ld, int64_t N, int64_t K, float* dst) {
-  constexpr int64_t kTile = 32;
-  for (int64_t n0 = 0; n0 < N; n0 += kTile)
-    for (int64_t k0 = 0; k0 < K; k0 += kTile)
-      for (int64_t n = n0; n < std::min(N, n0 + kTile); ++n)
-        for (int64_t k = k0; k < std::min(K, k0 + kTile); ++k) dst[k * N + n] = src[n * ld + k];
-}
-
-// Every GEMM of the kernels goes through here. float32 on AVX-512 CPUs with a
-// row-major A uses rnnfast's blocked kernel (measured 72-85 GFLOP/s per core here
-// against MKL's 50-68 on this AMD CPU); a transposed A (the dW = dZ^T X GEMMs with
-// their long K) and other dtypes use BLAS. A transposed B is copied to K x N first
-// (cache-blocked): keeping these GEMMs off BLAS keeps float32 outputs independent of
-// the thread count. alpha is always 1; beta is 0 or 1.
-template <typename T>
-void gemm_any(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const T* A,
-              int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>) {
-    if (avx512::supported() && !trans_a) {
-      std::vector<float> Bt;
-      const float* Bkn = B;
-      int64_t ldb_kn = ldb;
-      if (trans_b) {  // B is stored N x K: make the K x N copy the kernel reads
-        Bt.resize(K * N);
-        transpose_to(B, ldb, N, K, Bt.data());
-        Bkn = Bt.data();
-        ldb_kn = N;
-      }
-      avx512::gemm(M, N, K, A, lda, 1, Bkn, ldb_kn, C, ldc, beta != 0.f);
-      return;
-    }
-  }
-  gemm<T>(trans_a, trans_b, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
-}
-
-// Elementwise passes below this many elements stay on the calling thread: a
-// fork/join costs more than the work.
-constexpr int64_t kParallelGrain = 32768;
 
 // h[r, :] = act(z[r, :] + bias) for r < nrows. z and h may alias (in place).
 template <typename T>
@@ -120,27 +81,6 @@ void mul_act_grad_rows(Activation act, int64_t nrows, int64_t H, T* dz, int64_t 
       for (; j < H; ++j) dzr[j] = apply_activation_grad<T>(act, dzr[j], hr[j]);
     }
   });
-}
-
-// dst[r, :] (+)= src[r, :] for r < nrows.
-template <typename T>
-void copy_rows(int64_t nrows, int64_t H, const T* src, int64_t lds, T* dst, int64_t ldd,
-               bool accumulate) {
-  for (int64_t r = 0; r < nrows; ++r) {
-    if (accumulate) {
-      for (int64_t j = 0; j < H; ++j) dst[r * ldd + j] += src[r * lds + j];
-    } else {
-      std::memcpy(dst + r * ldd, src + r * lds, sizeof(T) * H);
-    }
-  }
-}
-
-// 2-D tensor view of raw memory with row stride ld, for the few ATen calls made
-// outside the time loop.
-template <typename T>
-at::Tensor view_2d(T* data, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(data, {rows, cols}, {ld, 1},
-                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
 // Per layer/direction weight pointers (contiguous copies held by the caller).
@@ -755,106 +695,106 @@ void backward_bf16(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
   grad_hx.copy_(dhx);
 }
 
-void check_cpu_dtype(const char* op, const at::Tensor& input) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-              ": the CPU kernels support float32 and float64 inputs, got ", input.scalar_type());
+// Rounds a list of float32 results back to the input's dtype.
+std::vector<at::Tensor> to_dtype(std::vector<at::Tensor> ts, at::ScalarType dtype) {
+  for (auto& t : ts) t = t.to(dtype);
+  return ts;
 }
 
-// float16 (and bfloat16 on CPUs without AVX512-BF16) run the float32 kernels on
-// upcast copies: every product is
-// accumulated in float32 and the hidden state stays float32 along the sequence;
-// only the returned tensors are rounded to the input's dtype.
-bool is_reduced(const at::Tensor& t) {
-  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
-}
-at::Tensor to_f32(const at::Tensor& t) { return t.to(at::kFloat); }
-std::optional<at::Tensor> to_f32(const std::optional<at::Tensor>& t) {
-  if (!t.has_value() || !t->defined()) return t;
-  return t->to(at::kFloat);
-}
-std::vector<at::Tensor> to_f32(at::TensorList ts) {
-  std::vector<at::Tensor> out;
-  for (const auto& t : ts) out.push_back(t.to(at::kFloat));
-  return out;
-}
+using ForwardResult = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cpu(
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional) {
+ForwardResult rnn_forward_cpu(const at::Tensor& input, at::TensorList hx, at::TensorList weights,
+                              const std::optional<at::Tensor>& batch_sizes,
+                              const std::optional<at::Tensor>& dropout_masks,
+                              c10::string_view mode, bool has_biases, int64_t num_layers,
+                              int64_t proj_size, bool bidirectional, bool train) {
   const char* op = "rnnfast.rnn_forward";
-  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
-                                    has_biases, num_layers, nonlinearity, bidirectional);
-  const bool bf16 = use_bf16_path(input);
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks, mode,
+                                    has_biases, num_layers, proj_size, bidirectional, train);
+  const bool elman = is_elman(s.cell);
+  const bool bf16 = elman && use_bf16_path(input);
   if (is_reduced(input) && !bf16) {
     const auto dt = input.scalar_type();
     auto [o, h, w] = rnn_forward_cpu(to_f32(input), to_f32(hx), to_f32(weights), batch_sizes,
-                                     to_f32(dropout_masks), has_biases, num_layers, nonlinearity,
-                                     bidirectional);
-    return {o.to(dt), h.to(dt), w.to(dt)};
+                                     to_f32(dropout_masks), mode, has_biases, num_layers,
+                                     proj_size, bidirectional, train);
+    return {o.to(dt), to_dtype(h, dt), to_dtype(w, dt)};
   }
   if (!bf16) check_cpu_dtype(op, input);
-  auto [output, h_n, workspace] = allocate_forward_outputs(s, input);
-  if (nothing_to_compute(s)) return {output, h_n, workspace};
+  ForwardOutputs out = allocate_forward_outputs(s, input);
+  if (nothing_to_compute(s)) return {out.output, out.h_n, out.workspace};
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
-  const at::Tensor hx_c = hx.contiguous();
+  const auto hx_c = contiguous_all(hx);
   const auto w = contiguous_all(weights);
-  const at::Tensor out2d = output.view({s.rows, s.D * s.H});
+  const at::Tensor out2d = out.output.view({s.rows, s.D * s.P});
   if (bf16) {
-    forward_bf16(s, x2d, hx_c, w, dropout_masks, out2d, h_n, workspace);
+    forward_bf16(s, x2d, hx_c[0], w, dropout_masks, out2d, out.h_n[0], out.workspace[0]);
   } else {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_forward_cpu", [&] {
-      forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, out2d, h_n, workspace);
+      if (elman)
+        forward_impl<scalar_t>(s, x2d, hx_c[0], w, dropout_masks, out2d, out.h_n[0],
+                               out.workspace[0]);
+      else
+        gated_forward<scalar_t>(s, x2d, hx_c, w, dropout_masks, out2d, out.h_n, out.workspace);
     });
   }
-  return {output, h_n, workspace};
+  return {out.output, out.h_n, out.workspace};
 }
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cpu(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
-    c10::string_view nonlinearity, bool bidirectional) {
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_backward_cpu(
+    const std::optional<at::Tensor>& grad_output,
+    const c10::List<std::optional<at::Tensor>>& grad_h_n, const at::Tensor& input,
+    at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
+    at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
+    int64_t proj_size, bool bidirectional) {
   const char* op = "rnnfast._rnn_backward";
-  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
-                                    has_biases, num_layers, nonlinearity, bidirectional);
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks, mode,
+                                    has_biases, num_layers, proj_size, bidirectional,
+                                    /*train=*/true);
   check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
-  const bool bf16 = use_bf16_path(input);
+  const bool elman = is_elman(s.cell);
+  const bool bf16 = elman && use_bf16_path(input);
   if (is_reduced(input) && !bf16) {
     const auto dt = input.scalar_type();
     auto [gi, ghx, gw] = rnn_backward_cpu(
         to_f32(grad_output), to_f32(grad_h_n), to_f32(input), to_f32(hx), to_f32(weights),
-        batch_sizes, to_f32(dropout_masks), to_f32(output), to_f32(workspace), has_biases,
-        num_layers, nonlinearity, bidirectional);
-    for (auto& g : gw) g = g.to(dt);
-    return {gi.to(dt), ghx.to(dt), gw};
+        batch_sizes, to_f32(dropout_masks), to_f32(output), to_f32(workspace), mode, has_biases,
+        num_layers, proj_size, bidirectional);
+    return {gi.to(dt), to_dtype(ghx, dt), to_dtype(gw, dt)};
   }
   if (!bf16) check_cpu_dtype(op, input);
 
-  auto [grad_input, grad_hx, grad_weights] = allocate_backward_outputs(s, input, hx, weights);
-  if (nothing_to_compute(s)) return {grad_input, grad_hx, grad_weights};
+  BackwardOutputs out = allocate_backward_outputs(s, input, hx, weights);
+  if (nothing_to_compute(s)) return {out.grad_input, out.grad_hx, out.grad_weights};
   // The bf16 kernels keep output and h_n gradients in float32.
   const at::ScalarType grad_type = bf16 ? at::kFloat : input.scalar_type();
-  at::Tensor dZ = initial_output_grad(s, grad_output, input, grad_type);
-  const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
-  const at::Tensor ghn = has_ghn ? grad_h_n->to(grad_type).contiguous() : at::Tensor();
+  at::Tensor dY = initial_output_grad(s, grad_output, input, grad_type);
+  std::vector<at::Tensor> ghn;
+  for (const auto k : c10::irange(s.states())) {
+    const at::Tensor g = value_or_undefined(grad_h_n.get(k));
+    ghn.push_back(g.defined() ? g.to(grad_type).contiguous() : at::Tensor());
+  }
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
-  const at::Tensor hx_c = hx.contiguous();
+  const auto hx_c = contiguous_all(hx);
   const auto w = contiguous_all(weights);
-  const at::Tensor out2d = output.contiguous().view({s.rows, s.D * s.H});
-  const at::Tensor ws = workspace.contiguous();
-  const at::Tensor grad_x2d = grad_input.view({s.rows, s.I});
+  const at::Tensor out2d = output.contiguous().view({s.rows, s.D * s.P});
+  const auto ws = contiguous_all(workspace);
+  const at::Tensor grad_x2d = out.grad_input.view({s.rows, s.I});
   if (bf16) {
-    backward_bf16(s, x2d, hx_c, w, dropout_masks, out2d, ws, dZ, ghn, grad_x2d, grad_hx,
-                  grad_weights);
+    backward_bf16(s, x2d, hx_c[0], w, dropout_masks, out2d, ws[0], dY, ghn[0], grad_x2d,
+                  out.grad_hx[0], out.grad_weights);
   } else {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_backward_cpu", [&] {
-      backward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, out2d, ws, dZ, ghn, grad_x2d,
-                              grad_hx, grad_weights);
+      if (elman)
+        backward_impl<scalar_t>(s, x2d, hx_c[0], w, dropout_masks, out2d, ws[0], dY, ghn[0],
+                                grad_x2d, out.grad_hx[0], out.grad_weights);
+      else
+        gated_backward<scalar_t>(s, x2d, hx_c, w, dropout_masks, out2d, ws, dY, ghn, grad_x2d,
+                                 out.grad_hx, out.grad_weights);
     });
   }
-  return {grad_input, grad_hx, grad_weights};
+  return {out.grad_input, out.grad_hx, out.grad_weights};
 }
 
 // ---------------------------------------------------------------------------

@@ -549,54 +549,69 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
 #define RNNFAST_DISPATCH_CUDA_TYPES(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_forward_cuda(
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
-    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    bool has_biases, int64_t num_layers, c10::string_view nonlinearity, bool bidirectional) {
-  const char* op = "rnnfast.rnn_forward";
-  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
-                                    has_biases, num_layers, nonlinearity, bidirectional);
-  TORCH_INTERNAL_ASSERT(input.is_cuda());
-  const c10::cuda::CUDAGuard guard(input.device());
-  auto [output, h_n, workspace] = allocate_forward_outputs(s, input);
-  if (nothing_to_compute(s)) return {output, h_n, workspace};
-  const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
-  const at::Tensor hx_c = hx.contiguous();
-  const auto w = contiguous_all(weights);
-  RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_forward_cuda", [&] {
-    forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, output.view({s.rows, s.D * s.H}), h_n,
-                           workspace);
-  });
-  return {output, h_n, workspace};
+// The gated cells have no CUDA kernels yet: say so, never compute them elsewhere.
+void check_cuda_cell(const RnnSizes& s) {
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      is_elman(s.cell),
+      "rnnfast: LSTM and GRU have no CUDA kernels yet (CPU only); the CUDA ops support the "
+      "Elman RNN (RNN_TANH, RNN_RELU). Run LSTM/GRU on the CPU, or use torch.nn.LSTM/GRU "
+      "(rnnfast.to_torch converts a model) on CUDA.");
 }
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> rnn_backward_cuda(
-    const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
-    const at::Tensor& input, const at::Tensor& hx, at::TensorList weights,
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_forward_cuda(
+    const at::Tensor& input, at::TensorList hx, at::TensorList weights,
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
-    const at::Tensor& output, const at::Tensor& workspace, bool has_biases, int64_t num_layers,
-    c10::string_view nonlinearity, bool bidirectional) {
+    c10::string_view mode, bool has_biases, int64_t num_layers, int64_t proj_size,
+    bool bidirectional, bool train) {
+  const char* op = "rnnfast.rnn_forward";
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks, mode,
+                                    has_biases, num_layers, proj_size, bidirectional, train);
+  check_cuda_cell(s);
+  TORCH_INTERNAL_ASSERT(input.is_cuda());
+  const c10::cuda::CUDAGuard guard(input.device());
+  ForwardOutputs out = allocate_forward_outputs(s, input);
+  if (nothing_to_compute(s)) return {out.output, out.h_n, out.workspace};
+  const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
+  const at::Tensor hx_c = hx[0].contiguous();
+  const auto w = contiguous_all(weights);
+  RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_forward_cuda", [&] {
+    forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, out.output.view({s.rows, s.D * s.H}),
+                           out.h_n[0], out.workspace[0]);
+  });
+  return {out.output, out.h_n, out.workspace};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_backward_cuda(
+    const std::optional<at::Tensor>& grad_output,
+    const c10::List<std::optional<at::Tensor>>& grad_h_n, const at::Tensor& input,
+    at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
+    at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
+    int64_t proj_size, bool bidirectional) {
   const char* op = "rnnfast._rnn_backward";
-  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks,
-                                    has_biases, num_layers, nonlinearity, bidirectional);
+  const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks, mode,
+                                    has_biases, num_layers, proj_size, bidirectional,
+                                    /*train=*/true);
+  check_cuda_cell(s);
   check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
   TORCH_INTERNAL_ASSERT(input.is_cuda());
   const c10::cuda::CUDAGuard guard(input.device());
 
-  auto [grad_input, grad_hx, grad_weights] = allocate_backward_outputs(s, input, hx, weights);
-  if (nothing_to_compute(s)) return {grad_input, grad_hx, grad_weights};
+  BackwardOutputs out = allocate_backward_outputs(s, input, hx, weights);
+  if (nothing_to_compute(s)) return {out.grad_input, out.grad_hx, out.grad_weights};
   at::Tensor dZ = initial_output_grad(s, grad_output, input);
-  const bool has_ghn = grad_h_n.has_value() && grad_h_n->defined();
-  const at::Tensor ghn = has_ghn ? grad_h_n->contiguous() : at::Tensor();
+  const at::Tensor g = value_or_undefined(grad_h_n.get(0));
+  const at::Tensor ghn = g.defined() ? g.contiguous() : at::Tensor();
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
   const auto w = contiguous_all(weights);
   RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_backward_cuda", [&] {
-    backward_impl<scalar_t>(s, x2d, hx.contiguous(), w, dropout_masks,
+    backward_impl<scalar_t>(s, x2d, hx[0].contiguous(), w, dropout_masks,
                             output.contiguous().view({s.rows, s.D * s.H}),
-                            workspace.contiguous(), dZ, ghn, grad_input.view({s.rows, s.I}),
-                            grad_hx, grad_weights);
+                            workspace[0].contiguous(), dZ, ghn,
+                            out.grad_input.view({s.rows, s.I}), out.grad_hx[0],
+                            out.grad_weights);
   });
-  return {grad_input, grad_hx, grad_weights};
+  return {out.grad_input, out.grad_hx, out.grad_weights};
 }
 
 at::Tensor rnn_cell_forward_cuda(const at::Tensor& input, const at::Tensor& hx,

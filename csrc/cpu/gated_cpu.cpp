@@ -1,0 +1,502 @@
+// CPU time loops of the gated cells (LSTM with proj_size, GRU): the generic engine.
+//
+// Per layer and direction, on the time-major 2-D view (step t owns rows
+// [offsets[t], offsets[t] + batch_sizes[t]); direction d owns a column block of every
+// buffer):
+//   forward   Gates = X W_ih^T                          one GEMM over all rows
+//             per step:  Rec = h_prev W_hh^T            one GEMM (rows x G*H)
+//                        cell pointwise (kernels/cells.h) -> gates, c / hn, h or m
+//                        h = m W_hr^T  (LSTM with proj_size)
+//   backward  per step (reverse order): dh = dY + carried dh (or grad_h_n where the
+//             sequence ended), [dm = dh W_hr], cell pointwise backward -> dG_W, dG_R,
+//             carried dc / GRU's direct z*dh; carried dh (+)= dG_R W_hh
+//             then dW_ih = dG_W^T X, dW_hh = dG_R^T H_prev, dW_hr = dH^T M, the bias
+//             sums and dX = dG_W W_ih: one GEMM / reduction each over all rows.
+// The carried gradients live in grad_hx's rows (indexed by batch row b, which is the
+// same sequence at every step): after the last step they are grad_hx itself.
+// Nothing is allocated inside a time loop; every row of every step has one owner
+// (no reductions across threads), so results are deterministic.
+#include "gated_cpu.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/irange.h>
+
+#include <cmath>
+
+#include "../kernels/cells.h"
+#include "cpu_common.h"
+
+namespace rnnfast::cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+// The cell math's Ops policies: one scalar lane, or one SIMD vector.
+template <typename T>
+struct Lane {
+  using V = T;
+  static constexpr int64_t size = 1;
+  static V load(const T* p) { return *p; }
+  static void store(V v, T* p) { *p = v; }
+  static V sigmoid(V x) { return T(1) / (T(1) + std::exp(-x)); }
+  static V tanh(V x) { return std::tanh(x); }
+};
+
+template <typename T>
+struct Simd {
+  using V = Vectorized<T>;
+  static constexpr int64_t size = V::size();
+  static V load(const T* p) { return V::loadu(p); }
+  static void store(V v, T* p) { v.store(p); }
+  static V sigmoid(V x) { return V(T(1)) / (V(T(1)) + (V(T(0)) - x).exp()); }
+  static V tanh(V x) { return x.tanh(); }
+};
+
+// body(L, j) for the hidden units of one row: SIMD vectors, then the scalar tail.
+template <typename T, typename Body>
+void for_units(int64_t H, const Body& body) {
+  int64_t j = 0;
+  for (; j + Simd<T>::size <= H; j += Simd<T>::size) body(Simd<T>{}, j);
+  for (; j < H; ++j) body(Lane<T>{}, j);
+}
+
+// body(b) for the rows of a step, spread over threads when the step is large.
+template <typename Body>
+void for_rows(int64_t rows, int64_t work_per_row, const Body& body) {
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(work_per_row, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) body(b);
+  });
+}
+
+// C (M x N) (+)= A (M x K, row stride lda) @ B (K x N row-major): the per-step GEMMs.
+// float32 on AVX-512 uses the step kernel (one thread), or for large steps the tiled
+// kernel spread over threads; the choice depends on the sizes only, so the summation
+// order does not depend on the thread count. Other types use BLAS.
+template <typename T>
+void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
+               int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+  if (M == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx512::supported()) {
+      if (M * N * K >= (int64_t(1) << 21)) {
+        avx512::gemm(M, N, K, A, lda, 1, B, ldb, C, ldc, accumulate);
+        return;
+      }
+      avx512::StepArgs a;
+      a.M = M;
+      a.N = N;
+      a.K = K;
+      a.A = A;
+      a.lda = lda;
+      a.B = B;
+      a.ldb = ldb;
+      a.C = C;
+      a.ldc = ldc;
+      a.epilogue = accumulate ? avx512::Epilogue::Accumulate : avx512::Epilogue::Store;
+      avx512::step(a, 0, N);
+      return;
+    }
+  }
+  gemm<T>(false, false, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
+}
+
+// dst (rows x width, contiguous) = the state each row of step p starts from: rows
+// b < split from the previous step's rows of `prev` (row stride ld), the others from
+// init (N x width).
+template <typename T>
+void gather_prev(const StepPlan& p, int64_t width, const T* prev, int64_t ld, const T* init,
+                 T* dst) {
+  for (int64_t b = 0; b < p.split; ++b)
+    std::memcpy(dst + b * width, prev + (p.prev_offset + b) * ld, sizeof(T) * width);
+  if (p.rows > p.split)
+    std::memcpy(dst + p.split * width, init + p.split * width,
+                sizeof(T) * width * (p.rows - p.split));
+}
+
+// One layer-direction's weights and the transposed copies the per-step GEMMs read.
+template <typename T>
+struct GatedWeights {
+  const T* w_ih = nullptr;  // (G*H, I_l)
+  const T* w_hh = nullptr;  // (G*H, P)
+  const T* w_hr = nullptr;  // (P, H) or null
+  std::vector<T> w_hh_t;    // (P, G*H)
+  std::vector<T> w_hr_t;    // (H, P)
+  std::vector<T> b_ih, b_hh;  // (G*H), zeros without biases
+};
+
+template <typename T>
+GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Tensor>& weights,
+                                     int64_t layer, int64_t d, bool transposed) {
+  const int64_t GH = s.G * s.H;
+  GatedWeights<T> w;
+  w.w_ih = weights[s.weight_index(layer, d, 0)].const_data_ptr<T>();
+  w.w_hh = weights[s.weight_index(layer, d, 1)].const_data_ptr<T>();
+  w.b_ih.assign(GH, T(0));
+  w.b_hh.assign(GH, T(0));
+  if (s.has_biases) {
+    const T* bi = weights[s.weight_index(layer, d, 2)].const_data_ptr<T>();
+    const T* bh = weights[s.weight_index(layer, d, 3)].const_data_ptr<T>();
+    w.b_ih.assign(bi, bi + GH);
+    w.b_hh.assign(bh, bh + GH);
+  }
+  if (s.has_proj) w.w_hr = weights[s.w_hr_index(layer, d)].const_data_ptr<T>();
+  if (transposed) {
+    w.w_hh_t.resize(s.P * GH);
+    transpose_to(w.w_hh, s.P, GH, s.P, w.w_hh_t.data());
+    if (s.has_proj) {
+      w.w_hr_t.resize(s.H * s.P);
+      transpose_to(w.w_hr, s.H, s.P, s.H, w.w_hr_t.data());
+    }
+  }
+  return w;
+}
+
+// ---------------------------------------------------------------------------
+// Pointwise rows
+// ---------------------------------------------------------------------------
+
+// LSTM forward of one row: gates (in: x-projection, out: i,f,g,o), rec (h_prev
+// W_hh^T), c_prev -> c, m.
+template <typename T>
+void lstm_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
+                      const T* c_prev, T* c, T* m) {
+  for_units<T>(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V g[4];
+    for (int k = 0; k < 4; ++k) {
+      const int64_t idx = k * H + j;
+      g[k] = Ops::load(gates + idx) + Ops::load(rec + idx) +
+             (Ops::load(b_ih + idx) + Ops::load(b_hh + idx));
+    }
+    V cv, mv;
+    Lstm::forward<V, Ops>(g[0], g[1], g[2], g[3], Ops::load(c_prev + j), cv, mv);
+    for (int k = 0; k < 4; ++k) Ops::store(g[k], gates + k * H + j);
+    Ops::store(cv, c + j);
+    Ops::store(mv, m + j);
+  });
+}
+
+// GRU forward of one row: gates (in: x-projection, out: r,z,n), rec, h_prev -> hn, h.
+template <typename T>
+void gru_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
+                     const T* h_prev, T* hn, T* h) {
+  for_units<T>(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V r = Ops::load(gates + j) + Ops::load(b_ih + j) + (Ops::load(rec + j) + Ops::load(b_hh + j));
+    V z = Ops::load(gates + H + j) + Ops::load(b_ih + H + j) +
+          (Ops::load(rec + H + j) + Ops::load(b_hh + H + j));
+    V n = Ops::load(gates + 2 * H + j) + Ops::load(b_ih + 2 * H + j);
+    const V hnv = Ops::load(rec + 2 * H + j) + Ops::load(b_hh + 2 * H + j);
+    V hv;
+    Gru::forward<V, Ops>(r, z, n, hnv, Ops::load(h_prev + j), hv);
+    Ops::store(r, gates + j);
+    Ops::store(z, gates + H + j);
+    Ops::store(n, gates + 2 * H + j);
+    Ops::store(hnv, hn + j);
+    Ops::store(hv, h + j);
+  });
+}
+
+// LSTM backward of one row. dc_in: the carried dc (null: zero). Writes the
+// pre-activation gradients dG (4H), dc_prev, and m (for dW_hr) when m is set.
+template <typename T>
+void lstm_backward_row(int64_t H, const T* gates, const T* c, const T* c_prev, const T* dm,
+                       const T* dc_in, T* dG, T* dc_prev, T* m) {
+  for_units<T>(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V g[4];
+    for (int k = 0; k < 4; ++k) g[k] = Ops::load(gates + k * H + j);
+    const V cv = Ops::load(c + j);
+    if (m) Ops::store(g[3] * Ops::tanh(cv), m + j);
+    V dcp;
+    Lstm::backward<V, Ops>(g[0], g[1], g[2], g[3], cv, Ops::load(c_prev + j), Ops::load(dm + j),
+                           dc_in ? Ops::load(dc_in + j) : V(T(0)), dcp);
+    for (int k = 0; k < 4; ++k) Ops::store(g[k], dG + k * H + j);
+    Ops::store(dcp, dc_prev + j);
+  });
+}
+
+// GRU backward of one row: dG_W (3H), dG_R (3H) and the direct carry dh z.
+template <typename T>
+void gru_backward_row(int64_t H, const T* gates, const T* hn, const T* h_prev, const T* dh,
+                      T* dGW, T* dGR, T* dh_prev) {
+  for_units<T>(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V r = Ops::load(gates + j), z = Ops::load(gates + H + j), n = Ops::load(gates + 2 * H + j);
+    V dn_rec, dhp;
+    Gru::backward<V, Ops>(r, z, n, Ops::load(hn + j), Ops::load(h_prev + j), Ops::load(dh + j),
+                          dn_rec, dhp);
+    Ops::store(r, dGW + j);
+    Ops::store(z, dGW + H + j);
+    Ops::store(n, dGW + 2 * H + j);
+    Ops::store(r, dGR + j);
+    Ops::store(z, dGR + H + j);
+    Ops::store(dn_rec, dGR + 2 * H + j);
+    Ops::store(dhp, dh_prev + j);
+  });
+}
+
+// dst[j] += src[j], j < n.
+template <typename T>
+void add_row(int64_t n, const T* src, T* dst) {
+  for_units<T>(n, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    Ops::store(Ops::load(dst + j) + Ops::load(src + j), dst + j);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+// Per-call scratch of the forward time loops, sized once.
+template <typename T>
+struct ForwardScratch {
+  std::vector<T> h_prev, c_prev, rec, m;  // (N, P), (N, H), (N, G*H), (N, H)
+  explicit ForwardScratch(const RnnSizes& s)
+      : h_prev(s.N * s.P), c_prev(s.N * s.H), rec(s.N * s.G * s.H), m(s.N * s.H) {}
+};
+
+// One direction of one layer. Y: the layer's output (rows, D*P); gates (rows, D*G*H)
+// holds the input projection and becomes the gates; aux (rows, D*H) receives c (LSTM)
+// or hn (GRU). h0/c0/h_n/c_n: this layer-direction's (N, P) / (N, H) blocks.
+template <typename T>
+void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T* Y, T* gates,
+                       T* aux, const T* h0, const T* c0, T* h_n, T* c_n,
+                       ForwardScratch<T>& scratch) {
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H;
+  const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
+  T* Yd = Y + d * P;
+  T* Gd = gates + d * GH;
+  T* Ad = aux + d * H;
+  const bool lstm = s.cell == CellKind::Lstm;
+  for (int64_t i = 0; i < s.T; ++i) {
+    const StepPlan p = s.plan(d, i);
+    gather_prev(p, P, Yd, ldY, h0, scratch.h_prev.data());
+    if (lstm) gather_prev(p, H, Ad, ldA, c0, scratch.c_prev.data());
+    step_gemm<T>(p.rows, GH, P, scratch.h_prev.data(), P, w.w_hh_t.data(), GH,
+                 scratch.rec.data(), GH, false);
+    for_rows(p.rows, GH, [&](int64_t b) {
+      const int64_t row = p.offset + b;
+      if (lstm) {
+        T* m = s.has_proj ? scratch.m.data() + b * H : Yd + row * ldY;
+        lstm_forward_row<T>(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
+                            w.b_hh.data(), scratch.c_prev.data() + b * H, Ad + row * ldA, m);
+      } else {
+        gru_forward_row<T>(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
+                           w.b_hh.data(), scratch.h_prev.data() + b * P, Ad + row * ldA,
+                           Yd + row * ldY);
+      }
+    });
+    if (s.has_proj)
+      step_gemm<T>(p.rows, P, H, scratch.m.data(), H, w.w_hr_t.data(), P, Yd + p.offset * ldY,
+                   ldY, false);
+    for (int64_t b = p.end_begin; b < p.end_end; ++b) {
+      std::memcpy(h_n + b * P, Yd + (p.offset + b) * ldY, sizeof(T) * P);
+      if (lstm) std::memcpy(c_n + b * H, Ad + (p.offset + b) * ldA, sizeof(T) * H);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gated_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<at::Tensor>& hx,
+                   const std::vector<at::Tensor>& weights,
+                   const std::optional<at::Tensor>& masks, const at::Tensor& out2d,
+                   const std::vector<at::Tensor>& h_n, const std::vector<at::Tensor>& workspace) {
+  const int64_t GH = s.G * s.H, NP = s.N * s.P, NH = s.N * s.H;
+  const bool lstm = s.cell == CellKind::Lstm;
+  // Without train the gates and c / hn of a layer are scratch, reused by every layer.
+  at::Tensor gates_scratch, aux_scratch;
+  if (!s.train) {
+    gates_scratch = at::empty({s.rows, s.D * GH}, x2d.options());
+    aux_scratch = at::empty({s.rows, s.D * s.H}, x2d.options());
+  }
+  ForwardScratch<T> scratch(s);
+  for (const auto layer : c10::irange(s.NL)) {
+    const at::Tensor X = layer_input(layer, x2d, workspace[0], masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[0][layer];
+    const at::Tensor G = s.train ? workspace[1][layer] : gates_scratch;
+    const at::Tensor A = s.train ? workspace[2][layer] : aux_scratch;
+    const int64_t I_l = s.layer_input_size(layer);
+    for (const auto d : c10::irange(s.D)) {
+      const GatedWeights<T> w = gather_gated_weights<T>(s, weights, layer, d, true);
+      const int64_t ld = layer * s.D + d;
+      gemm_any<T>(false, true, s.rows, GH, I_l, X.const_data_ptr<T>(), I_l, w.w_ih, I_l, T(0),
+                  G.mutable_data_ptr<T>() + d * GH, s.D * GH);
+      forward_direction<T>(s, d, w, Y.mutable_data_ptr<T>(), G.mutable_data_ptr<T>(),
+                           A.mutable_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
+                           lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr,
+                           h_n[0].mutable_data_ptr<T>() + ld * NP,
+                           lstm ? h_n[1].mutable_data_ptr<T>() + ld * NH : nullptr, scratch);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------
+
+namespace {
+
+// Per-call scratch of the backward, sized once: per-row buffers for one direction.
+template <typename T>
+struct BackwardScratch {
+  at::Tensor dGW, dGR, h_prev, c_prev, m, dm;
+  BackwardScratch(const RnnSizes& s, const at::TensorOptions& options) {
+    const int64_t GH = s.G * s.H;
+    dGW = at::empty({s.rows, GH}, options);
+    dGR = s.cell == CellKind::Gru ? at::empty({s.rows, GH}, options) : dGW;
+    h_prev = at::empty({s.rows, s.P}, options);
+    if (s.cell == CellKind::Lstm) c_prev = at::empty({s.rows, s.H}, options);
+    if (s.has_proj) {
+      m = at::empty({s.rows, s.H}, options);
+      dm = at::empty({s.N, s.H}, options);
+    }
+  }
+};
+
+// BPTT of one direction of one layer. dY (rows, D*P) holds the output gradient and
+// becomes dH (with the carried gradient); dGW / dGR (rows, G*H) receive the gate
+// gradients; dhx / dcx this layer-direction's blocks of grad_hx; ghn / gcn those of
+// grad_h_n (null: zero).
+template <typename T>
+void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, const T* Y,
+                        const T* gates, const T* aux, const T* h0, const T* c0, T* dY,
+                        const T* ghn, const T* gcn, T* dhx, T* dcx, BackwardScratch<T>& sc) {
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H;
+  const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
+  const T* Yd = Y + d * P;
+  const T* Gd = gates + d * GH;
+  const T* Ad = aux + d * H;
+  T* dYd = dY + d * P;
+  T* dGW = sc.dGW.template mutable_data_ptr<T>();
+  T* dGR = sc.dGR.template mutable_data_ptr<T>();
+  T* Hp = sc.h_prev.template mutable_data_ptr<T>();
+  T* Cp = sc.c_prev.defined() ? sc.c_prev.template mutable_data_ptr<T>() : nullptr;
+  T* M = s.has_proj ? sc.m.template mutable_data_ptr<T>() : nullptr;
+  T* dM = s.has_proj ? sc.dm.template mutable_data_ptr<T>() : nullptr;
+  const bool lstm = s.cell == CellKind::Lstm;
+
+  // The states each row started from, for the whole sequence (dW_hh needs h_prev).
+  for (int64_t i = 0; i < s.T; ++i) {
+    const StepPlan p = s.plan(d, i);
+    gather_prev(p, P, Yd, ldY, h0, Hp + p.offset * P);
+    if (lstm) gather_prev(p, H, Ad, ldA, c0, Cp + p.offset * H);
+  }
+
+  for (int64_t i = s.T - 1; i >= 0; --i) {
+    const StepPlan p = s.plan(d, i);
+    auto ends_here = [&](int64_t b) { return b >= p.end_begin && b < p.end_end; };
+    // dh = dY + (grad_h_n where the sequence ended here, else the carried gradient)
+    for (int64_t b = 0; b < p.rows; ++b) {
+      const T* add = ends_here(b) ? (ghn ? ghn + b * P : nullptr) : dhx + b * P;
+      if (add) add_row<T>(P, add, dYd + (p.offset + b) * ldY);
+    }
+    const T* dm = dYd + p.offset * ldY;
+    int64_t ld_dm = ldY;
+    if (s.has_proj) {
+      step_gemm<T>(p.rows, H, P, dm, ldY, w.w_hr, H, dM, H, false);
+      dm = dM;
+      ld_dm = H;
+    }
+    for_rows(p.rows, GH, [&](int64_t b) {
+      const int64_t row = p.offset + b;
+      if (lstm) {
+        const T* dc_in = ends_here(b) ? (gcn ? gcn + b * H : nullptr) : dcx + b * H;
+        lstm_backward_row<T>(H, Gd + row * ldG, Ad + row * ldA, Cp + row * H, dm + b * ld_dm,
+                             dc_in, dGW + row * GH, dcx + b * H, M ? M + row * H : nullptr);
+      } else {
+        gru_backward_row<T>(H, Gd + row * ldG, Ad + row * ldA, Hp + row * P,
+                            dYd + row * ldY, dGW + row * GH, dGR + row * GH, dhx + b * P);
+      }
+    });
+    // GRU's rows already hold the direct carry dh z: accumulate onto it.
+    step_gemm<T>(p.rows, P, GH, dGR + p.offset * GH, GH, w.w_hh, P, dhx, P,
+                 s.cell == CellKind::Gru);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gated_backward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<at::Tensor>& hx,
+                    const std::vector<at::Tensor>& weights,
+                    const std::optional<at::Tensor>& masks, const at::Tensor& out2d,
+                    const std::vector<at::Tensor>& workspace, at::Tensor dY,
+                    const std::vector<at::Tensor>& grad_h_n, const at::Tensor& grad_x2d,
+                    const std::vector<at::Tensor>& grad_hx,
+                    const std::vector<at::Tensor>& grad_weights) {
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H, NP = s.N * s.P, NH = s.N * s.H;
+  const bool lstm = s.cell == CellKind::Lstm;
+  BackwardScratch<T> sc(s, x2d.options());
+  for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
+    const at::Tensor X = layer_input(layer, x2d, workspace[0], masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[0][layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    at::Tensor dX = layer == 0 ? grad_x2d : at::empty({s.rows, I_l}, x2d.options());
+    T* dYp = dY.mutable_data_ptr<T>();
+    for (const auto d : c10::irange(s.D)) {
+      const GatedWeights<T> w = gather_gated_weights<T>(s, weights, layer, d, false);
+      const int64_t ld = layer * s.D + d;
+      auto block = [&](const at::Tensor& t, int64_t size) -> const T* {
+        return t.defined() ? t.const_data_ptr<T>() + ld * size : nullptr;
+      };
+      backward_direction<T>(
+          s, d, w, Y.const_data_ptr<T>(), workspace[1][layer].const_data_ptr<T>(),
+          workspace[2][layer].const_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
+          lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr, dYp, block(grad_h_n[0], NP),
+          lstm ? block(grad_h_n[1], NH) : nullptr, grad_hx[0].mutable_data_ptr<T>() + ld * NP,
+          lstm ? grad_hx[1].mutable_data_ptr<T>() + ld * NH : nullptr, sc);
+
+      // Weight, bias and input gradients: one GEMM / reduction each over all rows.
+      const T* dGW = sc.dGW.template const_data_ptr<T>();
+      const T* dGR = sc.dGR.template const_data_ptr<T>();
+      gemm_any<T>(true, false, GH, I_l, s.rows, dGW, GH, X.const_data_ptr<T>(), I_l, T(0),
+                  grad_weights[s.weight_index(layer, d, 0)].mutable_data_ptr<T>(), I_l);
+      gemm_any<T>(true, false, GH, P, s.rows, dGR, GH, sc.h_prev.template const_data_ptr<T>(), P, T(0),
+                  grad_weights[s.weight_index(layer, d, 1)].mutable_data_ptr<T>(), P);
+      if (s.has_biases) {
+        at::Tensor db_ih = grad_weights[s.weight_index(layer, d, 2)];
+        at::Tensor db_hh = grad_weights[s.weight_index(layer, d, 3)];
+        at::sum_out(db_ih, sc.dGW, {0});
+        if (s.cell == CellKind::Gru) at::sum_out(db_hh, sc.dGR, {0});
+        else db_hh.copy_(db_ih);
+      }
+      if (s.has_proj)
+        gemm_any<T>(true, false, P, H, s.rows, dYp + d * P, s.D * P, sc.m.template const_data_ptr<T>(), H,
+                    T(0), grad_weights[s.w_hr_index(layer, d)].mutable_data_ptr<T>(), H);
+      gemm_any<T>(false, false, s.rows, I_l, GH, dGW, GH, w.w_ih, I_l, d == 0 ? T(0) : T(1),
+                  dX.mutable_data_ptr<T>(), I_l);
+    }
+    if (layer > 0) {
+      // The layer below's output gradient; dropout's backward is the same mask.
+      if (masks.has_value() && masks->defined()) dX.mul_((*masks)[layer - 1]);
+      dY = dX;
+    }
+  }
+}
+
+#define RNNFAST_INSTANTIATE(T)                                                                   \
+  template void gated_forward<T>(const RnnSizes&, const at::Tensor&,                             \
+                                 const std::vector<at::Tensor>&, const std::vector<at::Tensor>&, \
+                                 const std::optional<at::Tensor>&, const at::Tensor&,            \
+                                 const std::vector<at::Tensor>&,                                 \
+                                 const std::vector<at::Tensor>&);                                \
+  template void gated_backward<T>(                                                               \
+      const RnnSizes&, const at::Tensor&, const std::vector<at::Tensor>&,                        \
+      const std::vector<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,       \
+      const std::vector<at::Tensor>&, at::Tensor, const std::vector<at::Tensor>&,                \
+      const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&);
+RNNFAST_INSTANTIATE(float)
+RNNFAST_INSTANTIATE(double)
+#undef RNNFAST_INSTANTIATE
+
+}  // namespace rnnfast::cpu
