@@ -25,6 +25,8 @@
 #include <cmath>
 
 #include "../kernels/cells.h"
+#include "cell_rows.h"
+#include "cells_avx512.h"
 #include "cpu_common.h"
 
 namespace rnnfast::cpu {
@@ -53,13 +55,51 @@ struct Simd {
   static V tanh(V x) { return x.tanh(); }
 };
 
-// body(L, j) for the hidden units of one row: SIMD vectors, then the scalar tail.
-template <typename T, typename Body>
-void for_units(int64_t H, const Body& body) {
-  int64_t j = 0;
-  for (; j + Simd<T>::size <= H; j += Simd<T>::size) body(Simd<T>{}, j);
-  for (; j < H; ++j) body(Lane<T>{}, j);
+// cell_rows.h's unit loop on any CPU: at::vec vectors, then the scalar tail.
+template <typename T>
+struct VecUnits {
+  template <typename Body>
+  static void for_units(int64_t H, const Body& body) {
+    int64_t j = 0;
+    for (; j + Simd<T>::size <= H; j += Simd<T>::size) body(Simd<T>{}, j);
+    for (; j < H; ++j) body(Lane<T>{}, j);
+  }
+};
+
+// The rows the time loops call: at::vec ones for any type ...
+template <typename T>
+struct VecRows {
+  template <typename... A>
+  static void lstm_forward(A... a) { lstm_forward_row<VecUnits<T>, T>(a...); }
+  template <typename... A>
+  static void gru_forward(A... a) { gru_forward_row<VecUnits<T>, T>(a...); }
+  template <typename... A>
+  static void lstm_backward(A... a) { lstm_backward_row<VecUnits<T>, T>(a...); }
+  template <typename... A>
+  static void gru_backward(A... a) { gru_backward_row<VecUnits<T>, T>(a...); }
+};
+
+// ... and AVX-512 ones for float32 where the CPU has it.
+struct Avx512Rows {
+  template <typename... A>
+  static void lstm_forward(A... a) { avx512::lstm_forward_row(a...); }
+  template <typename... A>
+  static void gru_forward(A... a) { avx512::gru_forward_row(a...); }
+  template <typename... A>
+  static void lstm_backward(A... a) { avx512::lstm_backward_row(a...); }
+  template <typename... A>
+  static void gru_backward(A... a) { avx512::gru_backward_row(a...); }
+};
+
+// Calls f(rows) with the best rows for T on this CPU, once per layer.
+template <typename T, typename F>
+void with_rows(const F& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx512::supported()) return f(Avx512Rows{});
+  }
+  f(VecRows<T>{});
 }
+
 
 // body(b) for the rows of a step, spread over threads when the step is large.
 template <typename Body>
@@ -154,104 +194,6 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
 }
 
 // ---------------------------------------------------------------------------
-// Pointwise rows
-// ---------------------------------------------------------------------------
-
-// LSTM forward of one row: gates (in: x-projection, out: i,f,g,o), rec (h_prev
-// W_hh^T), c_prev -> c, m.
-template <typename T>
-void lstm_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
-                      const T* c_prev, T* c, T* m) {
-  for_units<T>(H, [&](auto L, int64_t j) {
-    using Ops = decltype(L);
-    using V = typename Ops::V;
-    V g[4];
-    for (int k = 0; k < 4; ++k) {
-      const int64_t idx = k * H + j;
-      g[k] = Ops::load(gates + idx) + Ops::load(rec + idx) +
-             (Ops::load(b_ih + idx) + Ops::load(b_hh + idx));
-    }
-    V cv, mv;
-    Lstm::forward<V, Ops>(g[0], g[1], g[2], g[3], Ops::load(c_prev + j), cv, mv);
-    for (int k = 0; k < 4; ++k) Ops::store(g[k], gates + k * H + j);
-    Ops::store(cv, c + j);
-    Ops::store(mv, m + j);
-  });
-}
-
-// GRU forward of one row: gates (in: x-projection, out: r,z,n), rec, h_prev -> hn, h.
-template <typename T>
-void gru_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
-                     const T* h_prev, T* hn, T* h) {
-  for_units<T>(H, [&](auto L, int64_t j) {
-    using Ops = decltype(L);
-    using V = typename Ops::V;
-    V r = Ops::load(gates + j) + Ops::load(b_ih + j) + (Ops::load(rec + j) + Ops::load(b_hh + j));
-    V z = Ops::load(gates + H + j) + Ops::load(b_ih + H + j) +
-          (Ops::load(rec + H + j) + Ops::load(b_hh + H + j));
-    V n = Ops::load(gates + 2 * H + j) + Ops::load(b_ih + 2 * H + j);
-    const V hnv = Ops::load(rec + 2 * H + j) + Ops::load(b_hh + 2 * H + j);
-    V hv;
-    Gru::forward<V, Ops>(r, z, n, hnv, Ops::load(h_prev + j), hv);
-    Ops::store(r, gates + j);
-    Ops::store(z, gates + H + j);
-    Ops::store(n, gates + 2 * H + j);
-    Ops::store(hnv, hn + j);
-    Ops::store(hv, h + j);
-  });
-}
-
-// LSTM backward of one row. dc_in: the carried dc (null: zero). Writes the
-// pre-activation gradients dG (4H), dc_prev, and m (for dW_hr) when m is set.
-template <typename T>
-void lstm_backward_row(int64_t H, const T* gates, const T* c, const T* c_prev, const T* dm,
-                       const T* dc_in, T* dG, T* dc_prev, T* m) {
-  for_units<T>(H, [&](auto L, int64_t j) {
-    using Ops = decltype(L);
-    using V = typename Ops::V;
-    V g[4];
-    for (int k = 0; k < 4; ++k) g[k] = Ops::load(gates + k * H + j);
-    const V cv = Ops::load(c + j);
-    if (m) Ops::store(g[3] * Ops::tanh(cv), m + j);
-    V dcp;
-    Lstm::backward<V, Ops>(g[0], g[1], g[2], g[3], cv, Ops::load(c_prev + j), Ops::load(dm + j),
-                           dc_in ? Ops::load(dc_in + j) : V(T(0)), dcp);
-    for (int k = 0; k < 4; ++k) Ops::store(g[k], dG + k * H + j);
-    Ops::store(dcp, dc_prev + j);
-  });
-}
-
-// GRU backward of one row: dG_W (3H), dG_R (3H) and the direct carry dh z.
-template <typename T>
-void gru_backward_row(int64_t H, const T* gates, const T* hn, const T* h_prev, const T* dh,
-                      T* dGW, T* dGR, T* dh_prev) {
-  for_units<T>(H, [&](auto L, int64_t j) {
-    using Ops = decltype(L);
-    using V = typename Ops::V;
-    V r = Ops::load(gates + j), z = Ops::load(gates + H + j), n = Ops::load(gates + 2 * H + j);
-    V dn_rec, dhp;
-    Gru::backward<V, Ops>(r, z, n, Ops::load(hn + j), Ops::load(h_prev + j), Ops::load(dh + j),
-                          dn_rec, dhp);
-    Ops::store(r, dGW + j);
-    Ops::store(z, dGW + H + j);
-    Ops::store(n, dGW + 2 * H + j);
-    Ops::store(r, dGR + j);
-    Ops::store(z, dGR + H + j);
-    Ops::store(dn_rec, dGR + 2 * H + j);
-    Ops::store(dhp, dh_prev + j);
-  });
-}
-
-// dst[j] += src[j], j < n.
-template <typename T>
-void add_row(int64_t n, const T* src, T* dst) {
-  for_units<T>(n, [&](auto L, int64_t j) {
-    using Ops = decltype(L);
-    Ops::store(Ops::load(dst + j) + Ops::load(src + j), dst + j);
-  });
-}
-
-// ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
 
@@ -266,7 +208,7 @@ struct ForwardScratch {
 // One direction of one layer. Y: the layer's output (rows, D*P); gates (rows, D*G*H)
 // holds the input projection and becomes the gates; aux (rows, D*H) receives c (LSTM)
 // or hn (GRU). h0/c0/h_n/c_n: this layer-direction's (N, P) / (N, H) blocks.
-template <typename T>
+template <typename T, typename Rows>
 void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T* Y, T* gates,
                        T* aux, const T* h0, const T* c0, T* h_n, T* c_n,
                        ForwardScratch<T>& scratch) {
@@ -286,10 +228,10 @@ void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T
       const int64_t row = p.offset + b;
       if (lstm) {
         T* m = s.has_proj ? scratch.m.data() + b * H : Yd + row * ldY;
-        lstm_forward_row<T>(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
+        Rows::lstm_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
                             w.b_hh.data(), scratch.c_prev.data() + b * H, Ad + row * ldA, m);
       } else {
-        gru_forward_row<T>(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
+        Rows::gru_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
                            w.b_hh.data(), scratch.h_prev.data() + b * P, Ad + row * ldA,
                            Yd + row * ldY);
       }
@@ -331,11 +273,14 @@ void gated_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<a
       const int64_t ld = layer * s.D + d;
       gemm_any<T>(false, true, s.rows, GH, I_l, X.const_data_ptr<T>(), I_l, w.w_ih, I_l, T(0),
                   G.mutable_data_ptr<T>() + d * GH, s.D * GH);
-      forward_direction<T>(s, d, w, Y.mutable_data_ptr<T>(), G.mutable_data_ptr<T>(),
-                           A.mutable_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
-                           lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr,
-                           h_n[0].mutable_data_ptr<T>() + ld * NP,
-                           lstm ? h_n[1].mutable_data_ptr<T>() + ld * NH : nullptr, scratch);
+      with_rows<T>([&](auto rows) {
+        forward_direction<T, decltype(rows)>(
+            s, d, w, Y.mutable_data_ptr<T>(), G.mutable_data_ptr<T>(), A.mutable_data_ptr<T>(),
+            hx[0].const_data_ptr<T>() + ld * NP,
+            lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr,
+            h_n[0].mutable_data_ptr<T>() + ld * NP,
+            lstm ? h_n[1].mutable_data_ptr<T>() + ld * NH : nullptr, scratch);
+      });
     }
   }
 }
@@ -367,7 +312,7 @@ struct BackwardScratch {
 // becomes dH (with the carried gradient); dGW / dGR (rows, G*H) receive the gate
 // gradients; dhx / dcx this layer-direction's blocks of grad_hx; ghn / gcn those of
 // grad_h_n (null: zero).
-template <typename T>
+template <typename T, typename Rows>
 void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, const T* Y,
                         const T* gates, const T* aux, const T* h0, const T* c0, T* dY,
                         const T* ghn, const T* gcn, T* dhx, T* dcx, BackwardScratch<T>& sc) {
@@ -398,7 +343,7 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
     // dh = dY + (grad_h_n where the sequence ended here, else the carried gradient)
     for (int64_t b = 0; b < p.rows; ++b) {
       const T* add = ends_here(b) ? (ghn ? ghn + b * P : nullptr) : dhx + b * P;
-      if (add) add_row<T>(P, add, dYd + (p.offset + b) * ldY);
+      if (add) add_row<VecUnits<T>, T>(P, add, dYd + (p.offset + b) * ldY);
     }
     const T* dm = dYd + p.offset * ldY;
     int64_t ld_dm = ldY;
@@ -411,10 +356,10 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
       const int64_t row = p.offset + b;
       if (lstm) {
         const T* dc_in = ends_here(b) ? (gcn ? gcn + b * H : nullptr) : dcx + b * H;
-        lstm_backward_row<T>(H, Gd + row * ldG, Ad + row * ldA, Cp + row * H, dm + b * ld_dm,
+        Rows::lstm_backward(H, Gd + row * ldG, Ad + row * ldA, Cp + row * H, dm + b * ld_dm,
                              dc_in, dGW + row * GH, dcx + b * H, M ? M + row * H : nullptr);
       } else {
-        gru_backward_row<T>(H, Gd + row * ldG, Ad + row * ldA, Hp + row * P,
+        Rows::gru_backward(H, Gd + row * ldG, Ad + row * ldA, Hp + row * P,
                             dYd + row * ldY, dGW + row * GH, dGR + row * GH, dhx + b * P);
       }
     });
@@ -449,12 +394,15 @@ void gated_backward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<
       auto block = [&](const at::Tensor& t, int64_t size) -> const T* {
         return t.defined() ? t.const_data_ptr<T>() + ld * size : nullptr;
       };
-      backward_direction<T>(
-          s, d, w, Y.const_data_ptr<T>(), workspace[1][layer].const_data_ptr<T>(),
-          workspace[2][layer].const_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
-          lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr, dYp, block(grad_h_n[0], NP),
-          lstm ? block(grad_h_n[1], NH) : nullptr, grad_hx[0].mutable_data_ptr<T>() + ld * NP,
-          lstm ? grad_hx[1].mutable_data_ptr<T>() + ld * NH : nullptr, sc);
+      with_rows<T>([&](auto rows) {
+        backward_direction<T, decltype(rows)>(
+            s, d, w, Y.const_data_ptr<T>(), workspace[1][layer].const_data_ptr<T>(),
+            workspace[2][layer].const_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
+            lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr, dYp, block(grad_h_n[0], NP),
+            lstm ? block(grad_h_n[1], NH) : nullptr,
+            grad_hx[0].mutable_data_ptr<T>() + ld * NP,
+            lstm ? grad_hx[1].mutable_data_ptr<T>() + ld * NH : nullptr, sc);
+      });
 
       // Weight, bias and input gradients: one GEMM / reduction each over all rows.
       const T* dGW = sc.dGW.template const_data_ptr<T>();

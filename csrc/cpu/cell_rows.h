@@ -1,0 +1,108 @@
+// The pointwise rows of the gated cells: kernels/cells.h's math over one row's hidden
+// units, for any unit-loop policy U. U::for_units(n, body) calls body(L, j) for unit
+// blocks starting at j; L loads and stores one block (L.load(p), L.store(v, p)) and
+// supplies the math (decltype(L)::V, ::sigmoid, ::tanh). gated_cpu.cpp instantiates
+// the rows with at::vec (any CPU, float and double), cells_avx512.cpp with AVX-512
+// (float32): one implementation of each row.
+#pragma once
+
+#include <cstdint>
+
+#include "../kernels/cells.h"
+
+namespace rnnfast::cpu {
+
+// LSTM forward of one row: gates (in: x-projection, out: i,f,g,o), rec (h_prev
+// W_hh^T), c_prev -> c, m.
+template <typename U, typename T>
+void lstm_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
+                      const T* c_prev, T* c, T* m) {
+  U::for_units(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V g[4];
+    for (int k = 0; k < 4; ++k) {
+      const int64_t idx = k * H + j;
+      g[k] = L.load(gates + idx) + L.load(rec + idx) +
+             (L.load(b_ih + idx) + L.load(b_hh + idx));
+    }
+    V cv, mv;
+    Lstm::forward<V, Ops>(g[0], g[1], g[2], g[3], L.load(c_prev + j), cv, mv);
+    for (int k = 0; k < 4; ++k) L.store(g[k], gates + k * H + j);
+    L.store(cv, c + j);
+    L.store(mv, m + j);
+  });
+}
+
+// GRU forward of one row: gates (in: x-projection, out: r,z,n), rec, h_prev -> hn, h.
+template <typename U, typename T>
+void gru_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
+                     const T* h_prev, T* hn, T* h) {
+  U::for_units(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V r = L.load(gates + j) + L.load(b_ih + j) + (L.load(rec + j) + L.load(b_hh + j));
+    V z = L.load(gates + H + j) + L.load(b_ih + H + j) +
+          (L.load(rec + H + j) + L.load(b_hh + H + j));
+    V n = L.load(gates + 2 * H + j) + L.load(b_ih + 2 * H + j);
+    const V hnv = L.load(rec + 2 * H + j) + L.load(b_hh + 2 * H + j);
+    V hv;
+    Gru::forward<V, Ops>(r, z, n, hnv, L.load(h_prev + j), hv);
+    L.store(r, gates + j);
+    L.store(z, gates + H + j);
+    L.store(n, gates + 2 * H + j);
+    L.store(hnv, hn + j);
+    L.store(hv, h + j);
+  });
+}
+
+// LSTM backward of one row. dc_in: the carried dc (null: zero). Writes the
+// pre-activation gradients dG (4H), dc_prev, and m (for dW_hr) when m is set.
+template <typename U, typename T>
+void lstm_backward_row(int64_t H, const T* gates, const T* c, const T* c_prev, const T* dm,
+                       const T* dc_in, T* dG, T* dc_prev, T* m) {
+  U::for_units(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V g[4];
+    for (int k = 0; k < 4; ++k) g[k] = L.load(gates + k * H + j);
+    const V cv = L.load(c + j);
+    if (m) L.store(g[3] * Ops::tanh(cv), m + j);
+    V dcp;
+    Lstm::backward<V, Ops>(g[0], g[1], g[2], g[3], cv, L.load(c_prev + j), L.load(dm + j),
+                           dc_in ? L.load(dc_in + j) : V(T(0)), dcp);
+    for (int k = 0; k < 4; ++k) L.store(g[k], dG + k * H + j);
+    L.store(dcp, dc_prev + j);
+  });
+}
+
+// GRU backward of one row: dG_W (3H), dG_R (3H) and the direct carry dh z.
+template <typename U, typename T>
+void gru_backward_row(int64_t H, const T* gates, const T* hn, const T* h_prev, const T* dh,
+                      T* dGW, T* dGR, T* dh_prev) {
+  U::for_units(H, [&](auto L, int64_t j) {
+    using Ops = decltype(L);
+    using V = typename Ops::V;
+    V r = L.load(gates + j), z = L.load(gates + H + j), n = L.load(gates + 2 * H + j);
+    V dn_rec, dhp;
+    Gru::backward<V, Ops>(r, z, n, L.load(hn + j), L.load(h_prev + j), L.load(dh + j),
+                          dn_rec, dhp);
+    L.store(r, dGW + j);
+    L.store(z, dGW + H + j);
+    L.store(n, dGW + 2 * H + j);
+    L.store(r, dGR + j);
+    L.store(z, dGR + H + j);
+    L.store(dn_rec, dGR + 2 * H + j);
+    L.store(dhp, dh_prev + j);
+  });
+}
+
+// dst[j] += src[j], j < n.
+template <typename U, typename T>
+void add_row(int64_t n, const T* src, T* dst) {
+  U::for_units(n, [&](auto L, int64_t j) {
+    L.store(L.load(dst + j) + L.load(src + j), dst + j);
+  });
+}
+
+}  // namespace rnnfast::cpu
