@@ -63,6 +63,10 @@ TORCH_LIBRARY(rnnfast, m) {
   // How many persistent-kernel launches (CUDA, one per layer forward or backward)
   // this process has made: lets tests and benchmarks see which path ran.
   m.def("_persistent_launches() -> int", &rnnfast::persistent_launches);
+  // Which CPU kernels this machine runs: "avx512_bf16", "avx512" (float32 GEMMs are
+  // rnnfast's own, so float32 results do not depend on the thread count), "avx2"
+  // (float32 GEMMs through BLAS; AVX2 cell math) or "generic".
+  m.def("_cpu_kernels() -> str", &rnnfast::cpu_kernels);
 }
 
 namespace rnnfast {

@@ -6,6 +6,7 @@
 #include <c10/util/string_view.h>
 #include <atomic>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -117,6 +118,9 @@ std::vector<at::Tensor> contiguous_all(at::TensorList tensors);
 // below's output (from `outputs`, workspace[0]) times its dropout mask.
 at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& outputs,
                        const std::optional<at::Tensor>& masks);
+
+// The CPU kernels this machine runs (defined with them in cpu/rnn_cpu.cpp).
+std::string cpu_kernels();
 
 // Persistent-kernel launches so far (bumped by the CUDA backend, read by the
 // rnnfast::_persistent_launches op).

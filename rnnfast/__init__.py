@@ -1,8 +1,12 @@
-"""rnnfast: fused CPU/CUDA Elman RNN kernels for PyTorch.
+"""rnnfast: fused RNN, LSTM and GRU kernels for PyTorch (CPU; Elman RNN also on CUDA).
 
     import rnnfast
-    rnn = rnnfast.RNN(input_size, hidden_size, num_layers, ...)   # drop-in for nn.RNN
+    rnn = rnnfast.RNN(input_size, hidden_size, num_layers, ...)     # drop-in for nn.RNN
+    lstm = rnnfast.LSTM(input_size, hidden_size, proj_size=0, ...)  # drop-in for nn.LSTM
+    gru = rnnfast.GRU(input_size, hidden_size, ...)                 # drop-in for nn.GRU
     cell = rnnfast.RNNCell(input_size, hidden_size)                 # drop-in for nn.RNNCell
+    # rnnfast.LSTMCell and rnnfast.GRUCell likewise for nn.LSTMCell and nn.GRUCell
+    model = rnnfast.convert(model)      # swap all of them in a model (to_torch: back)
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ except (ImportError, OSError) as _err:  # pragma: no cover - exercised by a subp
 
 from . import _build_info, _ops  # noqa: E402,F401
 from . import functional, reference  # noqa: E402,F401
-from .modules import RNN, RNNCell  # noqa: E402
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
 from .convert import convert, to_torch  # noqa: E402
 
 if _build_info.torch_version.split(".")[:2] != torch.__version__.split("+")[0].split(".")[:2]:
@@ -46,7 +50,10 @@ if _build_info.torch_version.split(".")[:2] != torch.__version__.split("+")[0].s
     )
 
 __version__ = "0.1.0"
-__all__ = ["RNN", "RNNCell", "convert", "to_torch", "functional", "reference", "build_info"]
+__all__ = [
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+    "convert", "to_torch", "functional", "reference", "build_info",
+]
 
 
 def build_info() -> dict:

@@ -12,112 +12,184 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import reference
+from . import _cells, reference
 
 _lib = torch.ops.rnnfast
 
 
 # ---------------------------------------------------------------------------
-# Fake kernels: output metadata from input metadata only (never from the device).
+# Argument checks of the fake kernels: the checks of csrc/rnn_args.cpp, with its
+# messages, so that a call on meta / fake tensors rejects what the real kernels reject.
 # ---------------------------------------------------------------------------
 
-
-def _weight_names(num_layers: int, bidirectional: bool, has_biases: bool) -> list[str]:
-    """nn.RNN's names of the flat weights, as the C++ checks print them."""
-    kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if has_biases else [])
-    return [f"{k}_l{layer}{'_reverse' if d else ''}" for layer in range(num_layers)
-            for d in range(2 if bidirectional else 1) for k in kinds]
-
-
-def _check_batch_sizes(op: str, batch_sizes) -> None:
-    if batch_sizes is not None and batch_sizes.device.type != "cpu":
-        raise RuntimeError(
-            f"{op}: batch_sizes must be a 1-D int64 CPU tensor, got a {batch_sizes.dim()}-D "
-            f"{batch_sizes.dtype} tensor on {batch_sizes.device}"
-        )
+# ATen's ScalarType names, as the C++ messages print dtypes.
+_SCALAR_TYPE_NAMES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+    torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.int16: "Short",
+    torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool",
+    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}
 
 
-def _check_devices(op: str, input: Tensor, weight_names=None, **named) -> None:
-    """The device checks of the C++ kernels, for the fake kernels too: a call that mixes
-    devices (say cpu tensors and a meta one) dispatches to the fake kernel and must fail
-    there rather than return uninitialised tensors."""
-    for name, value in named.items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        for i, t in enumerate(items):
-            if isinstance(t, Tensor) and t.device != input.device:
-                label = f"{name}[{i}]" if isinstance(value, (list, tuple)) else name
-                if name == "weights" and weight_names is not None:
-                    label = f"weights[{i}] ({weight_names[i]})"
-                raise RuntimeError(
-                    f"{op}: {label} must be on the device of input ({input.device}), got {t.device}"
-                )
+def _dtype_name(dtype: torch.dtype) -> str:
+    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
 def _fail(op: str, msg: str) -> None:
     raise RuntimeError(f"{op}: {msg}")
 
 
+def _check_float(op: str, name: str, t) -> None:
+    if not isinstance(t, Tensor):
+        _fail(op, f"{name} must be a defined tensor")
+    if not t.is_floating_point():
+        _fail(op, f"{name} must be a floating-point tensor (float16, bfloat16, float32 or "
+                  f"float64), got {_dtype_name(t.dtype)}")
+
+
 def _check_like(op: str, name: str, t, input: Tensor, shape) -> None:
-    """Mirror of the C++ boundary checks (csrc/rnn_args.cpp): dtype, device, shape."""
+    """check_same + check_shape of rnn_args.cpp: dtype, device, then shape."""
     if not isinstance(t, Tensor):
         _fail(op, f"{name} must be a tensor")
     if t.dtype != input.dtype:
-        _fail(op, f"{name} must have the dtype of input ({input.dtype}), got {t.dtype}")
+        _fail(op, f"{name} must have the dtype of input ({_dtype_name(input.dtype)}), got "
+                  f"{_dtype_name(t.dtype)}")
     if t.device != input.device:
         _fail(op, f"{name} must be on the device of input ({input.device}), got {t.device}")
     if shape is not None and tuple(t.shape) != tuple(shape):
         _fail(op, f"{name} must have shape {list(shape)}, got {list(t.shape)}")
 
 
-def _validate_rnn(op, input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers,
-                  nonlinearity, bidirectional):
-    """The checks of check_rnn_args, for the fake (meta) kernels: a call on meta tensors
-    must reject what the real kernels reject. Returns (D, H, N, rows)."""
-    if nonlinearity not in ("tanh", "relu"):
-        _fail("rnnfast", f"nonlinearity must be 'tanh' or 'relu', got '{nonlinearity}'")
+def _has_values(t: Tensor) -> bool:
+    """True for a plain CPU tensor whose values may be read: a call that reaches a fake
+    kernel with one (say, meta input and a real batch_sizes) gets the value checks too.
+    A FakeTensor (torch.compile / export) has no values."""
+    return type(t) is Tensor and t.device.type == "cpu"
+
+
+def _check_batch_sizes(op: str, batch_sizes, rows: int) -> Optional[int]:
+    """batch_sizes' checks; returns N (batch_sizes[0]) when its values can be read."""
+    if (not isinstance(batch_sizes, Tensor) or batch_sizes.dim() != 1
+            or batch_sizes.dtype != torch.int64 or batch_sizes.device.type != "cpu"):
+        _fail(op, f"batch_sizes must be a 1-D int64 CPU tensor, got a {batch_sizes.dim()}-D "
+                  f"{_dtype_name(batch_sizes.dtype)} tensor on {batch_sizes.device}")
+    if batch_sizes.numel() == 0:
+        _fail(op, "batch_sizes must not be empty")
+    if not _has_values(batch_sizes):
+        return None
+    sizes = batch_sizes.tolist()
+    total = 0
+    for t, b in enumerate(sizes):
+        if b <= 0:
+            _fail(op, f"batch_sizes must be positive, got batch_sizes[{t}] = {b}")
+        if t > 0 and b > sizes[t - 1]:
+            _fail(op, f"batch_sizes must be non-increasing, got batch_sizes[{t}] = {b} > "
+                      f"batch_sizes[{t - 1}] = {sizes[t - 1]}")
+        total += b
+        if total >= 2**63:
+            _fail(op, f"sum(batch_sizes) overflows int64 at batch_sizes[{t}]")
+    if total != rows:
+        _fail(op, f"sum(batch_sizes) = {total} must equal the number of rows of the packed "
+                  f"input, got {rows}")
+    return sizes[0]
+
+
+def _validate_rnn(op, input, hx, weights, batch_sizes, dropout_masks, mode, has_biases,
+                  num_layers, proj_size, bidirectional):
+    """check_rnn_args (csrc/rnn_args.cpp), in its order. Returns (G, H, P, D, N, rows)."""
+    _cells.check_mode(mode)
     if num_layers < 1:
         _fail(op, f"num_layers must be >= 1, got {num_layers}")
-    if not input.is_floating_point():
-        _fail(op, "input must be a floating-point tensor (float16, bfloat16, float32 or "
-                  f"float64), got {input.dtype}")
+    if proj_size != 0 and mode != "LSTM":
+        _fail(op, f"proj_size must be 0 for mode {mode}, got {proj_size}")
+    if proj_size < 0:
+        _fail(op, f"proj_size must be >= 0, got {proj_size}")
+    _check_float(op, "input", input)
     packed = batch_sizes is not None
-    if input.dim() != (2 if packed else 3):
-        _fail(op, f"input must be {'2-D (sum of lengths, H_in)' if packed else '3-D (L, N, H_in)'}"
-                  f", got {input.dim()}-D tensor of shape {list(input.shape)}")
+    if packed and input.dim() != 2:
+        _fail(op, "packed input (with batch_sizes) must be 2-D (sum of lengths, H_in), got "
+                  f"{input.dim()}-D tensor of shape {list(input.shape)}")
+    if not packed and input.dim() != 3:
+        _fail(op, f"input must be 3-D (L, N, H_in), got {input.dim()}-D tensor of shape "
+                  f"{list(input.shape)}")
+
+    # Weights: count, then G*H and P from weight_hh_l0. (The C++ prints bools as 0/1.)
     D = 2 if bidirectional else 1
-    per = 4 if has_biases else 2
-    if len(weights) != num_layers * D * per:
-        _fail(op, f"expected {num_layers * D * per} weight tensors for num_layers={num_layers}, "
-                  f"bidirectional={bidirectional}, has_biases={has_biases}, got {len(weights)}")
-    if weights[1].dim() != 2:
-        _fail(op, f"weights[1] (weight_hh_l0) must be a 2-D tensor (H, H), got {list(weights[1].shape)}")
-    H = weights[1].shape[0]
+    G = _cells.gates(mode)
+    expected = _cells.weight_count(num_layers, bidirectional, has_biases, proj_size)
+    if len(weights) != expected:
+        _fail(op, f"expected {expected} weight tensors for mode={mode}, num_layers={num_layers}"
+                  f", bidirectional={int(bidirectional)}, has_biases={int(has_biases)}, "
+                  f"proj_size={proj_size}, got {len(weights)}")
+    w_hh = weights[1]
+    if not isinstance(w_hh, Tensor) or w_hh.dim() != 2 or w_hh.shape[0] % G != 0:
+        got = list(w_hh.shape) if isinstance(w_hh, Tensor) else "undefined"
+        _fail(op, f"weights[1] (weight_hh_l0) must be a 2-D tensor ({G}*H, "
+                  f"{'proj_size' if proj_size > 0 else 'H'}), got {got}")
+    _, H, P = _cells.sizes(mode, weights, proj_size)
+    if proj_size > 0 and proj_size >= H:
+        _fail(op, f"proj_size must be >= 0 and < hidden_size ({H}), got {proj_size}")
+    I = input.shape[-1]  # noqa: E741
+
+    rows = input.shape[0] if packed else input.shape[0] * input.shape[1]
     if packed:
-        _check_batch_sizes(op, batch_sizes)
-        if batch_sizes.dim() != 1 or batch_sizes.dtype != torch.int64:
-            _fail(op, "batch_sizes must be a 1-D int64 CPU tensor")
-        if batch_sizes.numel() == 0:
-            _fail(op, "batch_sizes must not be empty")
-        # N = batch_sizes[0], whose value a fake batch_sizes does not have: hx's batch
-        # size stands in for it (the real kernels check it against batch_sizes[0]).
-        if not isinstance(hx, Tensor) or hx.dim() != 3:
-            _check_like(op, "hx", hx, input, None)
-            _fail(op, f"hx must have shape [{num_layers * D}, batch_sizes[0], {H}], got "
-                      f"{list(hx.shape)}")
-        N, rows = hx.shape[1], input.shape[0]
+        # N = batch_sizes[0]; when a fake batch_sizes has no values, hx[0]'s batch size
+        # stands in for it (the real kernels check it against batch_sizes[0]).
+        N = _check_batch_sizes(op, batch_sizes, rows)
     else:
         torch._check(input.shape[0] > 0, lambda: "Expected sequence length to be larger than 0 in RNN")
-        N, rows = input.shape[1], input.shape[0] * input.shape[1]
-    _check_like(op, "hx", hx, input, (num_layers * D, N, H))
-    names = _weight_names(num_layers, bidirectional, has_biases)
-    for i, w in enumerate(weights):
-        layer, k = i // (D * per), i % per
-        in_size = input.shape[-1] if layer == 0 else D * H
-        shape = [(H, in_size), (H, H), (H,), (H,)][k]
+        N = input.shape[1]
+
+    S = _cells.states(mode)
+    if len(hx) != S:
+        _fail(op, f"hx must hold {S} tensor{'s' if S == 2 else ''} for mode {mode} "
+                  f"({_cells.state_names(mode)}), got {len(hx)}")
+    shapes = _cells.hidden_shapes(mode, num_layers, bidirectional, 0, H, P)
+    for k, h in enumerate(hx):
+        name = f"hx[{k}]"
+        _check_float(op, name, h)
+        _check_like(op, name, h, input, None)
+        if N is None:
+            if h.dim() != 3:
+                _fail(op, f"{name} must have shape [{num_layers * D}, batch_sizes[0], "
+                          f"{shapes[k][2]}], got {list(h.shape)}")
+            N = h.shape[1]
+        _check_like(op, name, h, input, (shapes[k][0], N, shapes[k][2]))
+
+    names = _cells.weight_names(num_layers, bidirectional, has_biases, proj_size)
+    for i, (w, shape) in enumerate(zip(weights, _cells.weight_shapes(
+            mode, I, H, num_layers, bidirectional, has_biases, proj_size))):
         _check_like(op, f"weights[{i}] ({names[i]})", w, input, shape)
+
     if dropout_masks is not None:
-        _check_like(op, "dropout_masks", dropout_masks, input, (num_layers - 1, rows, D * H))
-    return D, H, N, rows
+        _check_like(op, "dropout_masks", dropout_masks, input,
+                    (num_layers - 1, rows, D * P))
+    return G, H, P, D, N, rows
+
+
+def _validate_rnn_backward(input, grad_output, grad_h_n, output, workspace, mode, num_layers,
+                           bidirectional, H, P, N, rows, packed):
+    """check_rnn_backward_args (csrc/rnn_args.cpp), in its order."""
+    op = "rnnfast._rnn_backward"
+    out_shape = _cells.output_shape(input.shape, packed, bidirectional, P)
+    _check_like(op, "output", output, input, out_shape)
+    shapes = _cells.workspace_shapes(mode, num_layers, bidirectional, rows, H, P, train=True)
+    if len(workspace) < len(shapes) and mode in ("LSTM", "GRU"):
+        _fail(op, "the workspace has no saved gates (rnn_forward ran with train=False)")
+    if len(workspace) != len(shapes):
+        _fail(op, f"workspace must hold {len(shapes)} tensors for mode {mode}, "
+                  f"got {len(workspace)}")
+    for k, (w, shape) in enumerate(zip(workspace, shapes)):
+        _check_like(op, f"workspace[{k}]", w, input, shape)
+    if grad_output is not None:
+        _check_like(op, "grad_output", grad_output, input, out_shape)
+    S = _cells.states(mode)
+    if len(grad_h_n) != S:
+        _fail(op, f"grad_h_n must hold {S} entries for mode {mode}, got {len(grad_h_n)}")
+    for k, (g, shape) in enumerate(zip(grad_h_n, _cells.hidden_shapes(
+            mode, num_layers, bidirectional, N, H, P))):
+        if g is not None:
+            _check_like(op, f"grad_h_n[{k}]", g, input, shape)
 
 
 def _validate_cell(op, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
@@ -141,47 +213,41 @@ def _validate_cell(op, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     return N, I, H
 
 
+# ---------------------------------------------------------------------------
+# Fake kernels: output metadata from input metadata only (never from the device).
+# ---------------------------------------------------------------------------
+
+
 @torch.library.register_fake("rnnfast::rnn_forward")
 def _rnn_forward_fake(
-    input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers, nonlinearity,
-    bidirectional,
+    input, hx, weights, batch_sizes, dropout_masks, mode, has_biases, num_layers, proj_size,
+    bidirectional, train,
 ):
-    D, H, N, rows = _validate_rnn("rnnfast.rnn_forward", input, hx, weights, batch_sizes,
-                                  dropout_masks, has_biases, num_layers, nonlinearity,
-                                  bidirectional)
-    N = hx.shape[1]
-    if batch_sizes is not None:
-        output = input.new_empty(rows, D * H)
-    else:
-        output = input.new_empty(input.shape[0], input.shape[1], D * H)
-    h_n = input.new_empty(num_layers * D, N, H)
-    workspace = input.new_empty(num_layers - 1, rows, D * H)
+    _, H, P, _, N, rows = _validate_rnn("rnnfast.rnn_forward", input, hx, weights, batch_sizes,
+                                        dropout_masks, mode, has_biases, num_layers, proj_size,
+                                        bidirectional)
+    packed = batch_sizes is not None
+    output = input.new_empty(_cells.output_shape(input.shape, packed, bidirectional, P))
+    h_n = [input.new_empty(shape)
+           for shape in _cells.hidden_shapes(mode, num_layers, bidirectional, N, H, P)]
+    workspace = [input.new_empty(shape) for shape in _cells.workspace_shapes(
+        mode, num_layers, bidirectional, rows, H, P, train)]
     return output, h_n, workspace
 
 
 @torch.library.register_fake("rnnfast::_rnn_backward")
 def _rnn_backward_fake(
     grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, workspace,
-    has_biases, num_layers, nonlinearity, bidirectional,
+    mode, has_biases, num_layers, proj_size, bidirectional,
 ):
-    op = "rnnfast._rnn_backward"
-    D, H, N, rows = _validate_rnn(op, input, hx, weights, batch_sizes, dropout_masks,
-                                  has_biases, num_layers, nonlinearity, bidirectional)
-    out_shape = (rows, D * H) if batch_sizes is not None else (input.shape[0], input.shape[1], D * H)
-    _check_like(op, "output", output, input, out_shape)
-    _check_like(op, "workspace", workspace, input, (num_layers - 1, rows, D * H))
-    if grad_output is not None:
-        _check_like(op, "grad_output", grad_output, input, out_shape)
-    if grad_h_n is not None:
-        _check_like(op, "grad_h_n", grad_h_n, input, tuple(hx.shape))
-    _check_devices(op, input,
-                   _weight_names(num_layers, bidirectional, has_biases),
-                   grad_output=grad_output, grad_h_n=grad_h_n,
-                   hx=hx, weights=weights, dropout_masks=dropout_masks, output=output,
-                   workspace=workspace)
+    _, H, P, _, N, rows = _validate_rnn("rnnfast._rnn_backward", input, hx, weights,
+                                        batch_sizes, dropout_masks, mode, has_biases,
+                                        num_layers, proj_size, bidirectional)
+    _validate_rnn_backward(input, grad_output, grad_h_n, output, workspace, mode, num_layers,
+                           bidirectional, H, P, N, rows, batch_sizes is not None)
     return (
         torch.empty_like(input, memory_format=torch.contiguous_format),
-        torch.empty_like(hx, memory_format=torch.contiguous_format),
+        [torch.empty_like(h, memory_format=torch.contiguous_format) for h in hx],
         [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights],
     )
 
@@ -214,21 +280,34 @@ def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinea
 
 
 def _rnn_forward_setup(ctx, inputs, output):
-    (input, hx, weights, batch_sizes, dropout_masks, has_biases, num_layers, nonlinearity,
-     bidirectional) = inputs
+    (input, hx, weights, batch_sizes, dropout_masks, mode, has_biases, num_layers, proj_size,
+     bidirectional, _train) = inputs
     out, _h_n, workspace = output
-    ctx.attrs = (has_biases, num_layers, nonlinearity, bidirectional)
-    ctx.n_weights = len(weights)
-    ctx.save_for_backward(input, hx, batch_sizes, dropout_masks, out, workspace, *weights)
+    ctx.attrs = (mode, has_biases, num_layers, proj_size, bidirectional)
+    ctx.n_states = len(hx)
+    ctx.n_workspace = len(workspace)
+    ctx.save_for_backward(input, *hx, batch_sizes, dropout_masks, out, *workspace, *weights)
+
+
+def _rnn_forward_saved(ctx):
+    """What _rnn_forward_setup saved: (input, hx, batch_sizes, masks, output, workspace,
+    weights), the lists as lists."""
+    S, W = ctx.n_states, ctx.n_workspace
+    saved = ctx.saved_tensors
+    input, hx = saved[0], list(saved[1 : 1 + S])
+    batch_sizes, masks, out = saved[1 + S : 4 + S]
+    workspace, weights = list(saved[4 + S : 4 + S + W]), list(saved[4 + S + W :])
+    return input, hx, batch_sizes, masks, out, workspace, weights
 
 
 def _rnn_forward_backward(ctx, grad_output, grad_h_n, _grad_workspace):
-    input, hx, batch_sizes, dropout_masks, out, workspace, *weights = ctx.saved_tensors
+    input, hx, batch_sizes, masks, out, workspace, weights = _rnn_forward_saved(ctx)
     grad_input, grad_hx, grad_weights = _lib._rnn_backward(
-        grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, out, workspace,
+        grad_output, list(grad_h_n), input, hx, weights, batch_sizes, masks, out, workspace,
         *ctx.attrs,
     )
-    return grad_input, grad_hx, grad_weights, None, None, None, None, None, None
+    # One gradient per input: input, hx, weights, then 8 non-tensor / non-differentiable.
+    return (grad_input, list(grad_hx), list(grad_weights)) + (None,) * 8
 
 
 torch.library.register_autograd(
@@ -241,7 +320,7 @@ torch.library.register_autograd(
 # the first-order gradients can be taken as a *total* derivative with respect to
 # input, hx and weights (recomputing the forward with the differentiable reference),
 # with zero flowing into `output`/`workspace`: the chain rule through rnn_forward
-# then adds nothing twice. Slow, but exact; orders above two are refused.
+# then adds nothing twice. Slow, but exact for every cell; orders above two are refused.
 #
 # The recomputation lives in its own opaque op, rnnfast::_rnn_double_backward, with a
 # fake kernel: torch.compile / AOT autograd then trace one node instead of the whole
@@ -251,39 +330,41 @@ torch.library.register_autograd(
 
 @torch.library.custom_op("rnnfast::_rnn_double_backward", mutates_args=())
 def _rnn_double_backward(
-    gg_input: Optional[Tensor], gg_hx: Optional[Tensor], gg_weights: List[Optional[Tensor]],
-    grad_output: Optional[Tensor], grad_h_n: Optional[Tensor], input: Tensor, hx: Tensor,
-    weights: List[Tensor], batch_sizes: Optional[Tensor], dropout_masks: Optional[Tensor],
-    has_biases: bool, num_layers: int, nonlinearity: str, bidirectional: bool,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, List[Tensor]]:
+    gg_input: Optional[Tensor], gg_hx: List[Optional[Tensor]], gg_weights: List[Optional[Tensor]],
+    grad_output: Optional[Tensor], grad_h_n: List[Optional[Tensor]], input: Tensor,
+    hx: List[Tensor], weights: List[Tensor], batch_sizes: Optional[Tensor],
+    dropout_masks: Optional[Tensor], mode: str, has_biases: bool, num_layers: int,
+    proj_size: int, bidirectional: bool,
+) -> Tuple[Tensor, List[Tensor], Tensor, List[Tensor], List[Tensor]]:
     """Derivatives of <_rnn_backward(...), (gg_input, gg_hx, gg_weights)> with respect to
     grad_output, grad_h_n, input, hx and weights (zeros where an argument is None)."""
     with _autograd_inside_kernel():
         x = input.detach().requires_grad_()
-        h0 = hx.detach().requires_grad_()
+        h0 = [h.detach().requires_grad_() for h in hx]
         ws = [w.detach().requires_grad_() for w in weights]
         out, h_n = reference.rnn_forward(
-            x, h0, ws, batch_sizes, dropout_masks, has_biases, num_layers, nonlinearity,
+            x, h0, ws, batch_sizes, dropout_masks, mode, has_biases, num_layers, proj_size,
             bidirectional,
         )
         go = grad_output if grad_output is not None else torch.zeros_like(out)
-        ghn = grad_h_n if grad_h_n is not None else torch.zeros_like(h_n)
+        ghn = [g if g is not None else torch.zeros_like(h) for g, h in zip(grad_h_n, h_n)]
         go = go.detach().requires_grad_()
-        ghn = ghn.detach().requires_grad_()
-        primals = [x, h0, *ws]
-        first = torch.autograd.grad((out, h_n), primals, (go, ghn), create_graph=True,
+        ghn = [g.detach().requires_grad_() for g in ghn]
+        primals = [x, *h0, *ws]
+        first = torch.autograd.grad((out, *h_n), primals, (go, *ghn), create_graph=True,
                                     allow_unused=True)
-        pairs = [(f, g) for f, g in zip(first, [gg_input, gg_hx, *gg_weights])
+        pairs = [(f, g) for f, g in zip(first, [gg_input, *gg_hx, *gg_weights])
                  if f is not None and g is not None and f.requires_grad]
-        wrt = [go, ghn, *primals]
+        wrt = [go, *ghn, *primals]
         second = [None] * len(wrt)
         if pairs:
             second = list(torch.autograd.grad([f for f, _ in pairs], wrt,
                                               [g for _, g in pairs], allow_unused=True))
     # Fresh tensors only: a custom op must not return (a view of) one of its inputs.
-    g_go, g_ghn, g_x, g_h0, *g_w = [
-        torch.zeros_like(t) if s is None else s.detach().clone() for s, t in zip(second, wrt)
-    ]
+    fresh = [torch.zeros_like(t) if s is None else s.detach().clone() for s, t in zip(second, wrt)]
+    S = len(hx)
+    g_go, g_ghn, g_x = fresh[0], fresh[1 : 1 + S], fresh[1 + S]
+    g_h0, g_w = fresh[2 + S : 2 + 2 * S], fresh[2 + 2 * S :]
     return g_go, g_ghn, g_x, g_h0, g_w
 
 
@@ -306,55 +387,68 @@ def _autograd_inside_kernel():
     return stack
 
 
-def _forward_shapes(input, hx, weights, batch_sizes, bidirectional):
-    """Shapes of rnn_forward's output and h_n."""
-    D = 2 if bidirectional else 1
-    H = weights[1].shape[0]
-    if batch_sizes is not None:
-        return (input.shape[0], D * H), tuple(hx.shape)
-    return (input.shape[0], input.shape[1], D * H), tuple(hx.shape)
-
-
 @_rnn_double_backward.register_fake
 def _rnn_double_backward_fake(
     gg_input, gg_hx, gg_weights, grad_output, grad_h_n, input, hx, weights, batch_sizes,
-    dropout_masks, has_biases, num_layers, nonlinearity, bidirectional,
+    dropout_masks, mode, has_biases, num_layers, proj_size, bidirectional,
 ):
-    out_shape, _ = _forward_shapes(input, hx, weights, batch_sizes, bidirectional)
+    _, _, P = _cells.sizes(mode, weights, proj_size)
+    out_shape = _cells.output_shape(input.shape, batch_sizes is not None, bidirectional, P)
     return (
         input.new_empty(out_shape),
-        hx.new_empty(hx.shape),
+        [h.new_empty(h.shape) for h in hx],
         input.new_empty(input.shape),
-        hx.new_empty(hx.shape),
+        [h.new_empty(h.shape) for h in hx],
         [w.new_empty(w.shape) for w in weights],
     )
 
 
 def _rnn_backward_setup(ctx, inputs, output):
-    (grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, _out, _ws,
-     has_biases, num_layers, nonlinearity, bidirectional) = inputs
-    ctx.attrs = (has_biases, num_layers, nonlinearity, bidirectional)
+    (grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, _out, workspace,
+     mode, has_biases, num_layers, proj_size, bidirectional) = inputs
+    ctx.attrs = (mode, has_biases, num_layers, proj_size, bidirectional)
     ctx.has_go = grad_output is not None
-    ctx.has_ghn = grad_h_n is not None
-    ctx.save_for_backward(grad_output, grad_h_n, input, hx, batch_sizes, dropout_masks, *weights)
+    ctx.has_ghn = [g is not None for g in grad_h_n]
+    ctx.n_states = len(hx)
+    ctx.n_workspace = len(workspace)
+    ctx.save_for_backward(grad_output, *grad_h_n, input, *hx, batch_sizes, dropout_masks,
+                          *weights)
 
 
-def _rnn_backward_backward(ctx, gg_input, gg_hx, gg_weights):
+def _rnn_backward_double(ctx, gg_input, gg_hx, gg_weights):
+    """The derivatives of _rnn_backward (saved by _rnn_backward_setup) for the cotangents
+    gg_*: (g_grad_output, [g_grad_h_n], g_input, [g_hx], [g_weights]), None where
+    _rnn_backward got None."""
     if torch.is_grad_enabled():
         raise RuntimeError(
             "rnnfast: derivatives of order higher than two through rnn_forward are not supported"
         )
-    grad_output, grad_h_n, input, hx, batch_sizes, dropout_masks, *weights = ctx.saved_tensors
+    S = ctx.n_states
+    saved = ctx.saved_tensors
+    grad_output, grad_h_n, input = saved[0], list(saved[1 : 1 + S]), saved[1 + S]
+    hx = list(saved[2 + S : 2 + 2 * S])
+    batch_sizes, dropout_masks = saved[2 + 2 * S : 4 + 2 * S]
+    weights = list(saved[4 + 2 * S :])
+    gg_hx = list(gg_hx) if gg_hx is not None else [None] * S
+    gg_weights = list(gg_weights) if gg_weights is not None else [None] * len(weights)
     g_go, g_ghn, g_x, g_h0, g_w = _lib._rnn_double_backward(
-        gg_input, gg_hx, list(gg_weights) if gg_weights is not None else [None] * len(weights),
-        grad_output if ctx.has_go else None, grad_h_n if ctx.has_ghn else None, input, hx,
-        weights, batch_sizes, dropout_masks, *ctx.attrs,
+        gg_input, gg_hx, gg_weights, grad_output if ctx.has_go else None,
+        [g if given else None for g, given in zip(grad_h_n, ctx.has_ghn)], input, hx, weights,
+        batch_sizes, dropout_masks, *ctx.attrs,
     )
-    return (
-        g_go if ctx.has_go else None,
-        g_ghn if ctx.has_ghn else None,
-        g_x, g_h0, list(g_w), None, None, None, None, None, None, None, None,
-    )
+    return (g_go if ctx.has_go else None,
+            [g if given else None for g, given in zip(g_ghn, ctx.has_ghn)],
+            g_x, list(g_h0), list(g_w))
+
+
+def _rnn_backward_backward(ctx, gg_input, gg_hx, gg_weights):
+    g_go, g_ghn, g_x, g_h0, g_w = _rnn_backward_double(ctx, gg_input, gg_hx, gg_weights)
+    # register_autograd treats a Tensor?[] argument holding a None as one opaque value
+    # (its tensors are not autograd inputs), whose gradient must then be None.
+    if not all(ctx.has_ghn):
+        g_ghn = None
+    return (g_go, g_ghn, g_x, g_h0, g_w, None, None, None, [None] * ctx.n_workspace,
+            None, None, None, None, None)
 
 
 torch.library.register_autograd(
@@ -436,7 +530,7 @@ def _loop_vmap_rule(op):
             if isinstance(arg, (list, tuple)):
                 dims = dim if isinstance(dim, (list, tuple)) else [dim] * len(arg)
                 return [select(a, d, i) for a, d in zip(arg, dims)]
-            return arg if dim is None else arg.select(dim, i)
+            return arg if dim is None or arg is None else arg.select(dim, i)
 
         results = [
             op(*[select(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)

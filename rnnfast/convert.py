@@ -1,7 +1,10 @@
-"""Swap torch.nn.RNN / torch.nn.RNNCell for rnnfast's modules in a model, and back.
+"""Swap torch.nn's recurrent modules for rnnfast's in a model, and back.
 
-    model = rnnfast.convert(model)      # every nn.RNN / nn.RNNCell -> rnnfast
-    model = rnnfast.to_torch(model)     # every rnnfast.RNN / RNNCell -> torch.nn (for export)
+    model = rnnfast.convert(model)      # every nn.RNN, LSTM, GRU and cell -> rnnfast
+    model = rnnfast.to_torch(model)     # every rnnfast one -> torch.nn (for export)
+
+The pairs: nn.RNN <-> rnnfast.RNN, nn.LSTM <-> LSTM, nn.GRU <-> GRU, nn.RNNCell <-> RNNCell,
+nn.LSTMCell <-> LSTMCell, nn.GRUCell <-> GRUCell.
 
 Each replaced module becomes a new module of the other class that takes over the
 old one's state as is: the *same* Parameter objects (so an optimizer built before the
@@ -12,7 +15,8 @@ re-initialised or moved, and no random numbers are drawn.
 Rules:
   * Only modules whose class is exactly the source class are replaced (and the same
     class with a ``torch.nn.utils.parametrize`` parametrization such as weight_norm).
-    A user subclass of nn.RNN is left alone: its forward may rely on nn.RNN.
+    A user subclass of nn.RNN (or nn.LSTM, ...) is left alone: its forward may rely on
+    the torch class.
   * The model is changed in place, parents included; the (possibly new) root is
     returned, so always use the return value: ``model = rnnfast.convert(model)``.
   * A module shared by several parents is replaced by one shared new module.
@@ -27,17 +31,21 @@ import copy
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .modules import RNN, RNNCell
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = ["convert", "to_torch"]
 
-_TO_RNNFAST = {nn.RNN: RNN, nn.RNNCell: RNNCell}
-_TO_TORCH = {RNN: nn.RNN, RNNCell: nn.RNNCell}
+_TO_RNNFAST = {
+    nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU,
+    nn.RNNCell: RNNCell, nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell,
+}
+_TO_TORCH = {fused: torch_cls for torch_cls, fused in _TO_RNNFAST.items()}
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replace every ``torch.nn.RNN`` / ``torch.nn.RNNCell`` in ``model`` (the root
-    included) by ``rnnfast.RNN`` / ``rnnfast.RNNCell`` sharing its parameters.
+    """Replace every ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` / ``RNNCell`` / ``LSTMCell`` /
+    ``GRUCell`` in ``model`` (the root included) by the rnnfast module of the same name,
+    sharing its parameters.
 
     Returns the model, or the new module when the root itself was replaced.
     """
@@ -45,9 +53,9 @@ def convert(model: nn.Module) -> nn.Module:
 
 
 def to_torch(model: nn.Module) -> nn.Module:
-    """The reverse of :func:`convert`: every ``rnnfast.RNN`` / ``rnnfast.RNNCell``
-    (the root included) becomes ``torch.nn.RNN`` / ``torch.nn.RNNCell`` sharing its
-    parameters, e.g. before exporting to a runtime that does not load rnnfast.
+    """The reverse of :func:`convert`: every rnnfast module (the root included) becomes
+    the ``torch.nn`` module of the same name sharing its parameters, e.g. before
+    exporting to a runtime that does not load rnnfast.
 
     Returns the model, or the new module when the root itself was replaced.
     """

@@ -1,21 +1,27 @@
-"""Drop-in replacements for torch.nn.RNN and torch.nn.RNNCell.
+"""Drop-in replacements for torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell and GRUCell.
 
-``rnnfast.RNN`` subclasses ``torch.nn.RNNBase`` (not ``torch.nn.RNN``): it inherits
-nn.RNN's constructor validation, parameters, initialisation RNG stream, state_dict,
-flat-weights machinery and repr, and it stays traceable by torch.compile with
-fullgraph=True (dynamo graph-breaks on every ``isinstance(m, nn.RNN)``). The price:
-``isinstance(m, torch.nn.RNN)`` is False; ``isinstance(m, torch.nn.RNNBase)`` is True.
+``rnnfast.RNN``, ``LSTM`` and ``GRU`` subclass ``torch.nn.RNNBase`` (not ``nn.RNN``,
+``nn.LSTM`` or ``nn.GRU``): they inherit torch's constructor validation, parameters,
+initialisation RNG stream, state_dict, flat-weights machinery and repr, and they stay
+traceable by torch.compile with fullgraph=True (dynamo graph-breaks on every
+``isinstance(m, (nn.RNN, nn.GRU, nn.LSTM))``). The price: ``isinstance(m, torch.nn.LSTM)``
+is False; ``isinstance(m, torch.nn.RNNBase)`` is True. The cells subclass
+``torch.nn.RNNCellBase`` as torch's do.
+
+The whole stack of RNN, LSTM and GRU is one call of ``rnnfast.functional._sequence``
+(one op); a cell step is the same call with one time step and one layer.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, _VF, nn
+from torch.nn.functional import linear
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as F_rnn
 
-__all__ = ["RNN", "RNNCell"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
 
 _ATEN_DTYPE_NAMES = {
@@ -32,7 +38,165 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return _ATEN_DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
-class RNN(nn.RNNBase):
+def _matmul_dtype_error(a: Tensor, b: Tensor) -> RuntimeError:
+    return RuntimeError(
+        f"mat1 and mat2 must have the same dtype, but got {_dtype_name(a.dtype)} and "
+        f"{_dtype_name(b.dtype)}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# RNN, LSTM, GRU
+# ---------------------------------------------------------------------------
+
+
+class _FusedRNNBase(nn.RNNBase):
+    """The forward of RNN, LSTM and GRU: nn.RNN / nn.LSTM / nn.GRU.forward's pre- and
+    post-processing step by step, with ATen's call replaced by one call of
+    ``rnnfast.functional._sequence``.
+
+    The hidden state is kept in torch's form (a tensor; for LSTM the tuple (h, c)) up to
+    the call, which takes it as a list of states ([h] or [h, c]). The subclasses say how
+    to make, check and unpack their form; each defines its own ``forward`` (so that
+    argument errors name ``LSTM.forward`` etc., as torch's do) calling ``_forward``.
+    """
+
+    # The ValueError for an input that is not 2-D or 3-D; {} is the input's dim.
+    _input_rank_message: str
+
+    def _fused_mode(self) -> str:
+        """The mode string of the op (nn.RNNBase's own)."""
+        raise NotImplementedError
+
+    def _zero_hidden(self, input: Tensor, batch_size):
+        # As nn.RNN / nn.GRU: hidden_size wide (even with the positional proj_size quirk).
+        num_directions = 2 if self.bidirectional else 1
+        return torch.zeros(self.num_layers * num_directions, batch_size, self.hidden_size,
+                           dtype=input.dtype, device=input.device)
+
+    def _check_hidden_rank(self, hx, is_batched: bool):
+        """hx against the input's rank; an unbatched input's hx gets its batch dim."""
+        if not is_batched:
+            if hx.dim() != 2:
+                raise RuntimeError(
+                    f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                )
+            return hx.unsqueeze(1)
+        if hx.dim() != 3:
+            raise RuntimeError(
+                f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+            )
+        return hx
+
+    def _check_forward_args_compiling(self, input: Tensor, hx, batch_sizes: Tensor) -> None:
+        # Packed input under torch.compile: to the compiler batch_sizes[0] is data, not a
+        # size, and comparing hx's batch size with it would be a data-dependent guard (a
+        # failed fullgraph trace). The kernel checks that one at run time; everything
+        # else is checked here, with check_forward_args' messages.
+        self.check_input(input, batch_sizes)
+        num_directions = 2 if self.bidirectional else 1
+        width = self.proj_size if self.proj_size > 0 else self.hidden_size
+        self.check_hidden_size(hx, (self.num_layers * num_directions, hx.size(1), width))
+
+    def _state_list(self, hx, input: Tensor, batch_sizes: Tensor | None) -> list[Tensor]:
+        """The op's list of states from torch's form of hx (after its checks)."""
+        return [hx]
+
+    def _hidden_from_list(self, states: list[Tensor]):
+        """torch's form of h_n from the op's list."""
+        return states[0]
+
+    def _check_devices_and_dtypes(self, input: Tensor, states: list[Tensor]) -> list[Tensor]:
+        # The checks ATen runs, with its messages: devices (hidden states first, then
+        # parameters), then the hx dtype (on CPU torch fails inside addmm).
+        for state in states:
+            if state.device != input.device:
+                raise RuntimeError(
+                    "Input and hidden tensors are not at the same device, found input tensor at "
+                    f"{input.device} and hidden tensor at {state.device}"
+                )
+        for w in self._flat_weights:
+            if w is not None and w.device != input.device:
+                raise RuntimeError(
+                    "Input and parameter tensors are not at the same device, found input tensor "
+                    f"at {input.device} and parameter tensor at {w.device}"
+                )
+        if torch._C._is_any_autocast_enabled():
+            return states  # functional casts them all to the autocast dtype
+        if states[0].dtype != input.dtype:
+            raise _matmul_dtype_error(states[0], input)
+        if len(states) == 2 and states[1].dtype != input.dtype:
+            # LSTM's c first meets f * c, which type-promotes in torch's generic LSTM:
+            # a c that promotes to the input's dtype is accepted (cast here, the same
+            # values), a wider one fails. (torch's oneDNN path rejects any other dtype.)
+            c = states[1]
+            if torch.promote_types(c.dtype, input.dtype) != input.dtype:
+                raise _matmul_dtype_error(c, input)
+            states = [states[0], c.to(input.dtype)]
+        return states
+
+    def _forward(self, input, hx=None):
+        self._update_flat_weights()
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched = True
+            if hx is None:
+                hx = self._zero_hidden(input, batch_sizes[0])
+            else:
+                # hx is given in the caller's batch order; the packed rows are sorted.
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            batch_sizes = None
+            if input.dim() not in (2, 3):
+                raise ValueError(self._input_rank_message.format(input.dim()))
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                hx = self._check_hidden_rank(hx, is_batched)
+            sorted_indices = None
+            unsorted_indices = None
+            if hx is None:
+                hx = self._zero_hidden(input, input.size(batch_dim))
+
+        if batch_sizes is not None and torch.compiler.is_compiling():
+            self._check_forward_args_compiling(input, hx, batch_sizes)
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
+        mode = self._fused_mode()
+        states = self._state_list(hx, input, batch_sizes)
+        states = self._check_devices_and_dtypes(input, states)
+
+        output, h_n = F_rnn._sequence(
+            mode,
+            input,
+            states,
+            self._flat_weights,
+            batch_sizes=batch_sizes,
+            has_biases=self.bias,
+            num_layers=self.num_layers,
+            proj_size=self.proj_size,
+            dropout=self.dropout,
+            train=self.training,
+            bidirectional=self.bidirectional,
+            batch_first=self.batch_first if batch_sizes is None else False,
+        )
+
+        if isinstance(orig_input, PackedSequence):
+            hidden = self._hidden_from_list(h_n)
+            return (
+                PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                self.permute_hidden(hidden, unsorted_indices),
+            )
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            h_n = [h.squeeze(1) for h in h_n]
+        return output, self._hidden_from_list(h_n)
+
+
+class RNN(_FusedRNNBase):
     r"""Multi-layer Elman RNN with tanh or ReLU, computed by rnnfast's fused kernels.
 
     Same constructor, parameters, initialisation and forward semantics as
@@ -49,6 +213,8 @@ class RNN(nn.RNNBase):
     autocast dtype, as autocast casts nn.RNN's linears, and the kernels run in that
     dtype with float32 accumulation; float64 tensors are left alone.
     """
+
+    _input_rank_message = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"
 
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
@@ -68,159 +234,225 @@ class RNN(nn.RNNBase):
             )
         super().__init__(mode, *args, **kwargs)
 
-    def _check_devices_and_dtypes(self, input: Tensor, hx: Tensor) -> None:
-        # The checks ATen runs for nn.RNN, with its messages: devices (hidden first,
-        # then parameters), then hx dtype (on CPU torch fails inside addmm).
-        if hx.device != input.device:
-            raise RuntimeError(
-                "Input and hidden tensors are not at the same device, found input tensor at "
-                f"{input.device} and hidden tensor at {hx.device}"
-            )
-        for w in self._flat_weights:
-            if w is not None and w.device != input.device:
-                raise RuntimeError(
-                    "Input and parameter tensors are not at the same device, found input tensor "
-                    f"at {input.device} and parameter tensor at {w.device}"
-                )
-        if hx.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
-            raise RuntimeError(
-                "mat1 and mat2 must have the same dtype, but got "
-                f"{_dtype_name(hx.dtype)} and {_dtype_name(input.dtype)}"
-            )
-
-    def forward(self, input, hx=None):  # noqa: C901 - mirrors nn.RNN.forward step by step
-        self._update_flat_weights()
-        num_directions = 2 if self.bidirectional else 1
-        orig_input = input
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = batch_sizes[0]
-            if hx is None:
-                hx = torch.zeros(
-                    self.num_layers * num_directions,
-                    max_batch_size,
-                    self.hidden_size,
-                    dtype=input.dtype,
-                    device=input.device,
-                )
-            else:
-                hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            batch_sizes = None
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead"
-                )
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                        )
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
-                raise RuntimeError(
-                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
-                )
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-            sorted_indices = None
-            unsorted_indices = None
-            if hx is None:
-                hx = torch.zeros(
-                    self.num_layers * num_directions,
-                    max_batch_size,
-                    self.hidden_size,
-                    dtype=input.dtype,
-                    device=input.device,
-                )
-            else:
-                hx = self.permute_hidden(hx, sorted_indices)
-
-        if batch_sizes is not None and torch.compiler.is_compiling():
-            # To the compiler batch_sizes[0] is data, not a size: comparing hx's batch
-            # size with it would be a data-dependent guard (a failed fullgraph trace).
-            # The kernel checks that one at run time; everything else is checked here.
-            self.check_input(input, batch_sizes)
-            self.check_hidden_size(
-                hx, (self.num_layers * num_directions, hx.size(1), self.hidden_size)
-            )
-        else:
-            self.check_forward_args(input, hx, batch_sizes)
+    def _fused_mode(self) -> str:
+        # nn.RNN.forward asserts the mode (LSTM and GRU do not check theirs).
         if self.mode != "RNN_TANH" and self.mode != "RNN_RELU":
             raise AssertionError(f"mode must be RNN_TANH or RNN_RELU, got {self.mode}")
-        self._check_devices_and_dtypes(input, hx)
+        return self.mode
 
-        output, hidden = F_rnn.rnn(
-            input,
-            hx,
-            self._flat_weights,
-            batch_sizes=batch_sizes,
-            has_biases=self.bias,
-            num_layers=self.num_layers,
-            nonlinearity="tanh" if self.mode == "RNN_TANH" else "relu",
-            dropout=self.dropout,
-            train=self.training,
-            bidirectional=self.bidirectional,
-            batch_first=self.batch_first if batch_sizes is None else False,
-        )
+    def forward(self, input, hx=None):
+        return self._forward(input, hx)
 
-        if isinstance(orig_input, PackedSequence):
-            return (
-                PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                self.permute_hidden(hidden, unsorted_indices),
+
+class GRU(_FusedRNNBase):
+    r"""Multi-layer GRU (torch's variant), computed by rnnfast's fused kernels.
+
+    Same constructor, parameters, initialisation and forward semantics as
+    :class:`torch.nn.GRU`::
+
+        GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+            dropout=0.0, bidirectional=False, device=None, dtype=None)
+
+    forward(input, hx=None) -> (output, h_n), shapes as :class:`RNN`. Gate rows are
+    torch's [r | z | n], with n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    Autocast as :class:`RNN` (torch's GRU returns float32 there: its state update mixes
+    in the float32 hx).
+    """
+
+    _input_rank_message = "GRU: Expected input to be 2D or 3D, got {}D instead"
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+    def _fused_mode(self) -> str:
+        return "GRU"  # as nn.GRU, which runs a GRU whatever self.mode says
+
+    def forward(self, input, hx=None):
+        return self._forward(input, hx)
+
+
+class LSTM(_FusedRNNBase):
+    r"""Multi-layer LSTM, optionally with projections, computed by rnnfast's fused kernels.
+
+    Same constructor, parameters (incl. ``weight_hr_l{k}`` with proj_size), initialisation
+    and forward semantics as :class:`torch.nn.LSTM`::
+
+        LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+             dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None)
+
+    forward(input, hx=None) -> (output, (h_n, c_n))
+        hx = (h_0, c_0): h (D * num_layers, N, P), c (D * num_layers, N, H), P = proj_size
+        or H; unbatched without the N dim. output (L, N, D * P) (batch-first: (N, L, D * P)).
+
+    Differences from nn.LSTM: a PackedSequence call gets the dense path's hx checks
+    (torch's packed LSTM checks nothing in Python and fails in ATen with
+    version-dependent texts); a c_0 of a narrower dtype than the input is accepted (as
+    torch's generic path does; its default oneDNN path rejects it). Autocast as
+    :class:`RNN`: everything runs in the autocast dtype (torch's oneDNN LSTM does too,
+    but keeps c_n float32 with proj_size and crashes on float16 CPU autocast).
+    """
+
+    _input_rank_message = "LSTM: Expected input to be 2D or 3D, got {}D instead"
+
+    # nn.LSTM's own plain methods: the same checks and messages ("Expected hidden[0]
+    # size ...", "Expected hidden[1] size ...") and the permutation of both h and c.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args  # type: ignore[assignment]
+    permute_hidden = nn.LSTM.permute_hidden  # type: ignore[assignment]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    def _fused_mode(self) -> str:
+        return "LSTM"  # as nn.LSTM, which runs an LSTM whatever self.mode says
+
+    def _zero_hidden(self, input: Tensor, batch_size):
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h_zeros = torch.zeros(self.num_layers * num_directions, batch_size, real_hidden_size,
+                              dtype=input.dtype, device=input.device)
+        c_zeros = torch.zeros(self.num_layers * num_directions, batch_size, self.hidden_size,
+                              dtype=input.dtype, device=input.device)
+        return (h_zeros, c_zeros)
+
+    def _check_hidden_rank(self, hx, is_batched: bool):
+        # nn.LSTM indexes hx[0] and hx[1] without checking that hx is a tuple.
+        if is_batched:
+            if hx[0].dim() != 3 or hx[1].dim() != 3:
+                raise RuntimeError(
+                    "For batched 3-D input, hx and cx should also be 3-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                )
+            return hx
+        if hx[0].dim() != 2 or hx[1].dim() != 2:
+            raise RuntimeError(
+                "For unbatched 2-D input, hx and cx should also be 2-D but got "
+                f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
             )
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+        return (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+
+    def _check_forward_args_compiling(self, input: Tensor, hx, batch_sizes: Tensor) -> None:
+        # As the base class: all but the batch size against batch_sizes[0] (the kernel's).
+        self.check_input(input, batch_sizes)
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        batch = hx[0].size(1)
+        self.check_hidden_size(hx[0], (self.num_layers * num_directions, batch, real_hidden_size),
+                               "Expected hidden[0] size {}, got {}")
+        self.check_hidden_size(hx[1], (self.num_layers * num_directions, batch, self.hidden_size),
+                               "Expected hidden[1] size {}, got {}")
+
+    def _state_list(self, hx, input: Tensor, batch_sizes: Tensor | None) -> list[Tensor]:
+        if isinstance(hx, Tensor):
+            # torch hands a tensor hx on to aten::lstm, whose argument parser rejects it
+            # with a TypeError listing lstm's overloads: raise that very error (the call
+            # fails while parsing its arguments; nothing runs).
+            args = (hx, self._flat_weights, self.bias, self.num_layers, self.dropout,
+                    self.training, self.bidirectional)
+            if batch_sizes is None:
+                _VF.lstm(input, *args, self.batch_first)
+            else:
+                _VF.lstm(input, batch_sizes, *args)
+            raise TypeError("lstm(): argument 'hx' must be tuple of Tensors, not Tensor")
+        if len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
+        return [hx[0], hx[1]]
+
+    def _hidden_from_list(self, states: list[Tensor]):
+        return (states[0], states[1])
+
+    def forward(self, input, hx=None):
+        return self._forward(input, hx)
 
 
-def _check_cell_sizes(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor) -> None:
-    # ATen's rnn_tanh_cell / rnn_relu_cell checks, in its order and words (input and hx
-    # are 2-D here). The hidden size is read from weight_hh, as ATen does.
-    hidden_size = w_hh.size(1)
-    if w_ih.size(0) != hidden_size:
-        raise RuntimeError(
-            f"weight_ih first dim must be 1 * hidden_size = {hidden_size}, but got {w_ih.size(0)}"
-        )
-    if w_hh.size(0) != hidden_size:
-        raise RuntimeError(
-            f"weight_hh first dim must be 1 * hidden_size = {hidden_size}, but got {w_hh.size(0)}"
-        )
+# ---------------------------------------------------------------------------
+# Cells
+# ---------------------------------------------------------------------------
+
+# ATen's cell checks (check_rnn_cell_forward_*), with its messages. input and the
+# states are 2-D here, except a state of an unbatched call, which may be 3-D. The
+# hidden size is read from weight_hh's second dim, as ATen does.
+
+
+def _check_cell_input(input: Tensor, w_ih: Tensor) -> None:
     if input.size(1) != w_ih.size(1):
         raise RuntimeError(
             f"input has inconsistent input_size: got {input.size(1)} expected {w_ih.size(1)}"
         )
+
+
+def _check_cell_weights(gates: int, w_ih: Tensor, w_hh: Tensor) -> None:
+    hidden_size = w_hh.size(1)
+    for name, w in (("weight_ih", w_ih), ("weight_hh", w_hh)):
+        if w.size(0) != gates * hidden_size:
+            raise RuntimeError(
+                f"{name} first dim must be {gates} * hidden_size = {gates * hidden_size}, "
+                f"but got {w.size(0)}"
+            )
+
+
+def _check_cell_hidden(input: Tensor, hx: Tensor, hidden_size: int, label: int) -> None:
     if input.size(0) != hx.size(0):
         raise RuntimeError(
-            f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
+            f"Input batch size {input.size(0)} doesn't match hidden{label} batch size {hx.size(0)}"
         )
-    if hx.size(1) != w_hh.size(0):
+    # A 1-D hx whose length is the batch size fails here with ATen's IndexError.
+    if hx.size(1) != hidden_size:
         raise RuntimeError(
-            f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {w_hh.size(0)}"
+            f"hidden{label} has inconsistent hidden_size: got {hx.size(1)}, expected {hidden_size}"
         )
 
 
-def _cell_args_ok(input, hx, w_ih, w_hh, b_ih, b_hh) -> bool:
-    """True when _check_cell_sizes and _check_cell_tensors would both pass: the common
-    case, tested with a few attribute reads (a cell runs once per step, from Python)."""
+def _gated_broadcast_error(gates: int, hidden_size: int) -> RuntimeError:
+    # An unbatched call whose hx was 2-D (B, H) with B == H passes ATen's checks as a
+    # (1, H, H) state; torch's LSTM/GRU cell then fails broadcasting its (1, ., G*H)
+    # gate chunks against an H-wide tensor.
+    return RuntimeError(
+        f"The size of tensor a ({gates * hidden_size}) must match the size of tensor b "
+        f"({hidden_size}) at non-singleton dimension 2"
+    )
+
+
+def _cell_args_ok(input, hx, w_ih, w_hh, b_ih, b_hh, gates: int = 1) -> bool:
+    """True when all of a cell's checks would pass: the common case, tested with a few
+    attribute reads (a cell runs once per step, from Python). hx is a tensor, or the
+    (h, c) of an LSTM cell."""
+    states = hx if isinstance(hx, tuple) else (hx,)
     try:
         N, I = input.shape  # noqa: E741
-        N_hx, H = hx.shape
-        H_ih, I_w = w_ih.shape
-        H_hh, H_w = w_hh.shape
+        GH_ih, I_w = w_ih.shape
+        GH, H = w_hh.shape
     except ValueError:  # not 2-D
         return False
-    if not (N == N_hx and I == I_w and H == H_ih == H_hh == H_w):
+    if not (I == I_w and GH_ih == GH == gates * H):
+        return False
+    if any(s.shape != (N, H) for s in states):
         return False
     dtype, device = input.dtype, input.device
-    for t in (hx, w_ih, w_hh, b_ih, b_hh):
+    for t in (*states, w_ih, w_hh, b_ih, b_hh):
         if t is not None and (t.dtype != dtype or t.device != device):
             return False
-    return all(b is None or b.shape == (H,) for b in (b_ih, b_hh))
+    if (b_ih is None) != (b_hh is None):
+        return False
+    return all(b is None or b.shape == (GH,) for b in (b_ih, b_hh))
+
+
+def _unsupported_cell_args(name: str, input, states, w_ih, w_hh, b_ih, b_hh) -> RuntimeError:
+    tensors = [t for t in (input, *states, w_ih, w_hh, b_ih, b_hh) if t is not None]
+    return RuntimeError(
+        f"rnnfast.{name}: input, hx and the parameters must have one dtype and device and "
+        "the parameters torch's shapes (both biases or none), got "
+        + ", ".join(f"{list(t.shape)} {t.dtype} on {t.device}" for t in tensors)
+    )
+
+
+def _check_cell_sizes(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor) -> None:
+    # ATen's rnn_tanh_cell / rnn_relu_cell checks, in its order.
+    _check_cell_weights(1, w_ih, w_hh)
+    _check_cell_input(input, w_ih)
+    _check_cell_hidden(input, hx, w_hh.size(1), 0)
 
 
 def _check_cell_tensors(input, hx, w_ih, w_hh, b_ih, b_hh) -> None:
@@ -297,3 +529,161 @@ class RNNCell(nn.RNNCellBase):
         if not is_batched and not broadcast:
             ret = ret.squeeze(0)
         return ret
+
+
+def _cell_step(mode: str, input: Tensor, states: list[Tensor], w_ih, w_hh, b_ih, b_hh):
+    """One step of an LSTM or GRU cell: one call of functional._sequence with T = 1 and
+    one layer; returns the new states [h'] or [h', c'], each (N, H)."""
+    weights = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
+    _, h_n = F_rnn._sequence(
+        mode,
+        input.unsqueeze(0),
+        [s.unsqueeze(0) for s in states],
+        weights,
+        batch_sizes=None,
+        has_biases=b_ih is not None,
+        num_layers=1,
+        proj_size=0,
+        dropout=0.0,
+        train=False,
+        bidirectional=False,
+        batch_first=False,
+    )
+    return [h[0] for h in h_n]
+
+
+class LSTMCell(nn.RNNCellBase):
+    r"""An LSTM cell, computed by rnnfast's fused kernels (one op call per step).
+
+    Same constructor, parameters, initialisation, repr and semantics as
+    :class:`torch.nn.LSTMCell`::
+
+        LSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None)
+
+    forward(input, hx=None) -> (h', c'): input (N, H_in) or (H_in,), hx = (h, c), each
+    (N, H) or (H,). Errors (types and messages) are nn.LSTMCell's. A c of another dtype
+    is accepted as torch accepts it (the step runs in the input's dtype with c cast to
+    it; both results come back in the promoted dtype, as torch's do). Autocast as
+    :class:`RNN` (torch's LSTMCell returns float32 there).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, **factory_kwargs)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, Tensor]:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            # nn.LSTMCell iterates hx: a plain tensor hx passes here (its rows are checked).
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(
+                        f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got {value.dim()}D instead"
+                    )
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        # What aten::lstm_cell's argument parser and its first check reject.
+        if isinstance(hx, Tensor):
+            raise TypeError("lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, "
+                            "not Tensor")
+        if len(hx) != 2:
+            raise RuntimeError("lstm_cell expects two hidden states")
+        input, h, c, w_ih, w_hh, b_ih, b_hh = F_rnn._autocast(
+            input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        )
+        out_dtype = input.dtype
+        broadcast = False
+        if not _cell_args_ok(input, (h, c), w_ih, w_hh, b_ih, b_hh, gates=4):
+            # aten::lstm_cell's order: input size, weights, hidden0 (h), hidden1 (c).
+            hidden_size = w_hh.size(1)
+            _check_cell_input(input, w_ih)
+            _check_cell_weights(4, w_ih, w_hh)
+            _check_cell_hidden(input, h, hidden_size, 0)
+            _check_cell_hidden(input, c, hidden_size, 1)
+            if h.dim() == 3:
+                raise _gated_broadcast_error(4, hidden_size)
+            # Dtype, device and bias-shape mismatches: run torch's CPU cell ops in its
+            # order (h side, x side, then f * c) to raise torch's own error.
+            with torch.no_grad():
+                gates = linear(h, w_hh, b_hh).add_(linear(input, w_ih, b_ih))
+                gates.chunk(4, 1)[1] * c
+            if c.dtype != input.dtype:
+                # torch promotes in f * c and everything after it.
+                out_dtype = torch.promote_types(input.dtype, c.dtype)
+                c = c.to(input.dtype)
+            if c.dim() == 3:
+                # torch quirk: an unbatched call with a (B, H) c (B == H) broadcasts the
+                # gates over c's rows and returns (B, H) results, unsqueezed.
+                broadcast = True
+                c = c[0]
+                input = input.expand(c.size(0), -1)
+                h = h.expand(c.size(0), -1)
+            if not _cell_args_ok(input, (h, c), w_ih, w_hh, b_ih, b_hh, gates=4):
+                raise _unsupported_cell_args("LSTMCell", input, (h, c), w_ih, w_hh, b_ih, b_hh)
+        h1, c1 = _cell_step("LSTM", input, [h, c], w_ih, w_hh, b_ih, b_hh)
+        if out_dtype != h1.dtype:
+            h1, c1 = h1.to(out_dtype), c1.to(out_dtype)
+        if not is_batched and not broadcast:
+            h1, c1 = h1.squeeze(0), c1.squeeze(0)
+        return h1, c1
+
+
+class GRUCell(nn.RNNCellBase):
+    r"""A GRU cell (torch's variant), computed by rnnfast's fused kernels (one op call
+    per step).
+
+    Same constructor, parameters, initialisation, repr and semantics as
+    :class:`torch.nn.GRUCell`::
+
+        GRUCell(input_size, hidden_size, bias=True, device=None, dtype=None)
+
+    forward(input, hx=None) -> h': input (N, H_in) or (H_in,), hx (N, H) or (H,).
+    Errors (types and messages) are nn.GRUCell's. Autocast as :class:`RNN` (torch's
+    GRUCell returns float32 there).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        factory_kwargs = {"device": device, "dtype": dtype}
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, **factory_kwargs)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        input, hx, w_ih, w_hh, b_ih, b_hh = F_rnn._autocast(
+            input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        )
+        if not _cell_args_ok(input, hx, w_ih, w_hh, b_ih, b_hh, gates=3):
+            # aten::gru_cell's order: input size, hidden0, then the weights.
+            hidden_size = w_hh.size(1)
+            _check_cell_input(input, w_ih)
+            _check_cell_hidden(input, hx, hidden_size, 0)
+            _check_cell_weights(3, w_ih, w_hh)
+            if hx.dim() == 3:
+                raise _gated_broadcast_error(3, hidden_size)
+            # Dtype, device and bias-shape mismatches: torch's CPU cell ops in its order.
+            with torch.no_grad():
+                linear(input, w_ih, b_ih)
+                linear(hx, w_hh, b_hh)
+            raise _unsupported_cell_args("GRUCell", input, (hx,), w_ih, w_hh, b_ih, b_hh)
+        (h1,) = _cell_step("GRU", input, [hx], w_ih, w_hh, b_ih, b_hh)
+        return h1 if is_batched else h1.squeeze(0)

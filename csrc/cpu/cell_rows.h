@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../kernels/cells.h"
+#include "row_kernels.h"
 
 namespace rnnfast::cpu {
 
@@ -103,6 +104,13 @@ void add_row(int64_t n, const T* src, T* dst) {
   U::for_units(n, [&](auto L, int64_t j) {
     L.store(L.load(dst + j) + L.load(src + j), dst + j);
   });
+}
+
+// The rows above for unit loop U, as a RowKernels table.
+template <typename U, typename T>
+constexpr RowKernels<T> make_row_kernels() {
+  return {&lstm_forward_row<U, T>, &gru_forward_row<U, T>, &lstm_backward_row<U, T>,
+          &gru_backward_row<U, T>, &add_row<U, T>};
 }
 
 }  // namespace rnnfast::cpu

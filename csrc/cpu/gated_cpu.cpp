@@ -23,10 +23,11 @@
 #include <c10/util/irange.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "../kernels/cells.h"
 #include "cell_rows.h"
-#include "cells_avx512.h"
+#include "row_kernels.h"
 #include "cpu_common.h"
 
 namespace rnnfast::cpu {
@@ -66,40 +67,17 @@ struct VecUnits {
   }
 };
 
-// The rows the time loops call: at::vec ones for any type ...
+// The rows the time loops call, chosen once per call: AVX-512 or AVX2 for float32
+// where the CPU has them, at::vec otherwise.
 template <typename T>
-struct VecRows {
-  template <typename... A>
-  static void lstm_forward(A... a) { lstm_forward_row<VecUnits<T>, T>(a...); }
-  template <typename... A>
-  static void gru_forward(A... a) { gru_forward_row<VecUnits<T>, T>(a...); }
-  template <typename... A>
-  static void lstm_backward(A... a) { lstm_backward_row<VecUnits<T>, T>(a...); }
-  template <typename... A>
-  static void gru_backward(A... a) { gru_backward_row<VecUnits<T>, T>(a...); }
-};
-
-// ... and AVX-512 ones for float32 where the CPU has it.
-struct Avx512Rows {
-  template <typename... A>
-  static void lstm_forward(A... a) { avx512::lstm_forward_row(a...); }
-  template <typename... A>
-  static void gru_forward(A... a) { avx512::gru_forward_row(a...); }
-  template <typename... A>
-  static void lstm_backward(A... a) { avx512::lstm_backward_row(a...); }
-  template <typename... A>
-  static void gru_backward(A... a) { avx512::gru_backward_row(a...); }
-};
-
-// Calls f(rows) with the best rows for T on this CPU, once per layer.
-template <typename T, typename F>
-void with_rows(const F& f) {
+const RowKernels<T>& best_rows() {
+  static constexpr RowKernels<T> vec_rows = make_row_kernels<VecUnits<T>, T>();
   if constexpr (std::is_same_v<T, float>) {
-    if (avx512::supported()) return f(Avx512Rows{});
+    if (const RowKernels<float>* rows = avx512::cell_rows()) return *rows;
+    if (const RowKernels<float>* rows = avx2::cell_rows()) return *rows;
   }
-  f(VecRows<T>{});
+  return vec_rows;
 }
-
 
 // body(b) for the rows of a step, spread over threads when the step is large.
 template <typename Body>
@@ -110,14 +88,29 @@ void for_rows(int64_t rows, int64_t work_per_row, const Body& body) {
   });
 }
 
-// C (M x N) (+)= A (M x K, row stride lda) @ B (K x N row-major): the per-step GEMMs.
-// float32 on AVX-512 uses the step kernel (one thread), or for large steps the tiled
-// kernel spread over threads; the choice depends on the sizes only, so the summation
-// order does not depend on the thread count. Other types use BLAS.
+// Below this many steps the forward multiplies by W_ih, W_hh and W_hr where they are
+// (single-thread BLAS, B transposed) instead of first copying the transposes the step
+// kernel reads: a cell (T = 1) would spend more on the copies than on the products.
+constexpr int64_t kTransposeMinSteps = 8;
+
+bool weights_in_place(const RnnSizes& s) {
+  return s.T < kTransposeMinSteps && have_one_thread_blas();
+}
+
+// C (M x N) (+)= A (M x K, row stride lda) @ B: the per-step GEMMs. B is K x N
+// row-major, or with trans_b N x K (then on one BLAS thread). float32 on AVX-512 uses
+// the step kernel (one thread), or for large steps the tiled kernel spread over
+// threads; the choice depends on the sizes only, so the summation order does not
+// depend on the thread count. Other types use BLAS.
 template <typename T>
 void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-               int64_t ldb, T* C, int64_t ldc, bool accumulate) {
+               int64_t ldb, bool trans_b, T* C, int64_t ldc, bool accumulate) {
   if (M == 0) return;
+  const T beta = accumulate ? T(1) : T(0);
+  if (trans_b) {
+    gemm_one_thread<T>(false, true, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   if constexpr (std::is_same_v<T, float>) {
     if (avx512::supported()) {
       if (M * N * K >= (int64_t(1) << 21)) {
@@ -139,7 +132,7 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
       return;
     }
   }
-  gemm<T>(false, false, M, N, K, T(1), A, lda, B, ldb, accumulate ? T(1) : T(0), C, ldc);
+  gemm<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
 // dst (rows x width, contiguous) = the state each row of step p starts from: rows
@@ -161,9 +154,18 @@ struct GatedWeights {
   const T* w_ih = nullptr;  // (G*H, I_l)
   const T* w_hh = nullptr;  // (G*H, P)
   const T* w_hr = nullptr;  // (P, H) or null
-  std::vector<T> w_hh_t;    // (P, G*H)
-  std::vector<T> w_hr_t;    // (H, P)
+  std::vector<T> w_hh_t;    // (P, G*H), unless in place
+  std::vector<T> w_hr_t;    // (H, P), unless in place
   std::vector<T> b_ih, b_hh;  // (G*H), zeros without biases
+  bool in_place = false;    // the forward reads w_hh / w_hr transposed, where they are
+
+  // The B operands of the forward's per-step GEMMs: (pointer, ld, transposed).
+  std::tuple<const T*, int64_t, bool> rec_b(int64_t GH, int64_t P) const {
+    return in_place ? std::tuple{w_hh, P, true} : std::tuple{w_hh_t.data(), GH, false};
+  }
+  std::tuple<const T*, int64_t, bool> proj_b(int64_t H, int64_t P) const {
+    return in_place ? std::tuple{w_hr, H, true} : std::tuple{w_hr_t.data(), P, false};
+  }
 };
 
 template <typename T>
@@ -182,7 +184,8 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
     w.b_hh.assign(bh, bh + GH);
   }
   if (s.has_proj) w.w_hr = weights[s.w_hr_index(layer, d)].const_data_ptr<T>();
-  if (transposed) {
+  w.in_place = weights_in_place(s);
+  if (transposed && !w.in_place) {
     w.w_hh_t.resize(s.P * GH);
     transpose_to(w.w_hh, s.P, GH, s.P, w.w_hh_t.data());
     if (s.has_proj) {
@@ -208,10 +211,11 @@ struct ForwardScratch {
 // One direction of one layer. Y: the layer's output (rows, D*P); gates (rows, D*G*H)
 // holds the input projection and becomes the gates; aux (rows, D*H) receives c (LSTM)
 // or hn (GRU). h0/c0/h_n/c_n: this layer-direction's (N, P) / (N, H) blocks.
-template <typename T, typename Rows>
+template <typename T>
 void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T* Y, T* gates,
                        T* aux, const T* h0, const T* c0, T* h_n, T* c_n,
                        ForwardScratch<T>& scratch) {
+  const RowKernels<T>& rows = best_rows<T>();
   const int64_t H = s.H, P = s.P, GH = s.G * s.H;
   const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
   T* Yd = Y + d * P;
@@ -222,23 +226,26 @@ void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T
     const StepPlan p = s.plan(d, i);
     gather_prev(p, P, Yd, ldY, h0, scratch.h_prev.data());
     if (lstm) gather_prev(p, H, Ad, ldA, c0, scratch.c_prev.data());
-    step_gemm<T>(p.rows, GH, P, scratch.h_prev.data(), P, w.w_hh_t.data(), GH,
-                 scratch.rec.data(), GH, false);
+    const auto [B, ldb, trans_b] = w.rec_b(GH, P);
+    step_gemm<T>(p.rows, GH, P, scratch.h_prev.data(), P, B, ldb, trans_b, scratch.rec.data(),
+                 GH, false);
     for_rows(p.rows, GH, [&](int64_t b) {
       const int64_t row = p.offset + b;
       if (lstm) {
         T* m = s.has_proj ? scratch.m.data() + b * H : Yd + row * ldY;
-        Rows::lstm_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
+        rows.lstm_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
                             w.b_hh.data(), scratch.c_prev.data() + b * H, Ad + row * ldA, m);
       } else {
-        Rows::gru_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
+        rows.gru_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
                            w.b_hh.data(), scratch.h_prev.data() + b * P, Ad + row * ldA,
                            Yd + row * ldY);
       }
     });
-    if (s.has_proj)
-      step_gemm<T>(p.rows, P, H, scratch.m.data(), H, w.w_hr_t.data(), P, Yd + p.offset * ldY,
+    if (s.has_proj) {
+      const auto [Bp, ldbp, trans_bp] = w.proj_b(H, P);
+      step_gemm<T>(p.rows, P, H, scratch.m.data(), H, Bp, ldbp, trans_bp, Yd + p.offset * ldY,
                    ldY, false);
+    }
     for (int64_t b = p.end_begin; b < p.end_end; ++b) {
       std::memcpy(h_n + b * P, Yd + (p.offset + b) * ldY, sizeof(T) * P);
       if (lstm) std::memcpy(c_n + b * H, Ad + (p.offset + b) * ldA, sizeof(T) * H);
@@ -271,16 +278,18 @@ void gated_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<a
     for (const auto d : c10::irange(s.D)) {
       const GatedWeights<T> w = gather_gated_weights<T>(s, weights, layer, d, true);
       const int64_t ld = layer * s.D + d;
-      gemm_any<T>(false, true, s.rows, GH, I_l, X.const_data_ptr<T>(), I_l, w.w_ih, I_l, T(0),
-                  G.mutable_data_ptr<T>() + d * GH, s.D * GH);
-      with_rows<T>([&](auto rows) {
-        forward_direction<T, decltype(rows)>(
-            s, d, w, Y.mutable_data_ptr<T>(), G.mutable_data_ptr<T>(), A.mutable_data_ptr<T>(),
-            hx[0].const_data_ptr<T>() + ld * NP,
-            lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr,
-            h_n[0].mutable_data_ptr<T>() + ld * NP,
-            lstm ? h_n[1].mutable_data_ptr<T>() + ld * NH : nullptr, scratch);
-      });
+      T* Gp = G.mutable_data_ptr<T>() + d * GH;
+      if (w.in_place)
+        gemm_one_thread<T>(false, true, s.rows, GH, I_l, T(1), X.const_data_ptr<T>(), I_l,
+                           w.w_ih, I_l, T(0), Gp, s.D * GH);
+      else
+        gemm_any<T>(false, true, s.rows, GH, I_l, X.const_data_ptr<T>(), I_l, w.w_ih, I_l, T(0),
+                    Gp, s.D * GH);
+      forward_direction<T>(s, d, w, Y.mutable_data_ptr<T>(), G.mutable_data_ptr<T>(),
+                           A.mutable_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
+                           lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr,
+                           h_n[0].mutable_data_ptr<T>() + ld * NP,
+                           lstm ? h_n[1].mutable_data_ptr<T>() + ld * NH : nullptr, scratch);
     }
   }
 }
@@ -312,7 +321,7 @@ struct BackwardScratch {
 // becomes dH (with the carried gradient); dGW / dGR (rows, G*H) receive the gate
 // gradients; dhx / dcx this layer-direction's blocks of grad_hx; ghn / gcn those of
 // grad_h_n (null: zero).
-template <typename T, typename Rows>
+template <typename T>
 void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, const T* Y,
                         const T* gates, const T* aux, const T* h0, const T* c0, T* dY,
                         const T* ghn, const T* gcn, T* dhx, T* dcx, BackwardScratch<T>& sc) {
@@ -329,6 +338,7 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
   T* M = s.has_proj ? sc.m.template mutable_data_ptr<T>() : nullptr;
   T* dM = s.has_proj ? sc.dm.template mutable_data_ptr<T>() : nullptr;
   const bool lstm = s.cell == CellKind::Lstm;
+  const RowKernels<T>& rows = best_rows<T>();
 
   // The states each row started from, for the whole sequence (dW_hh needs h_prev).
   for (int64_t i = 0; i < s.T; ++i) {
@@ -343,12 +353,12 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
     // dh = dY + (grad_h_n where the sequence ended here, else the carried gradient)
     for (int64_t b = 0; b < p.rows; ++b) {
       const T* add = ends_here(b) ? (ghn ? ghn + b * P : nullptr) : dhx + b * P;
-      if (add) add_row<VecUnits<T>, T>(P, add, dYd + (p.offset + b) * ldY);
+      if (add) rows.add(P, add, dYd + (p.offset + b) * ldY);
     }
     const T* dm = dYd + p.offset * ldY;
     int64_t ld_dm = ldY;
     if (s.has_proj) {
-      step_gemm<T>(p.rows, H, P, dm, ldY, w.w_hr, H, dM, H, false);
+      step_gemm<T>(p.rows, H, P, dm, ldY, w.w_hr, H, false, dM, H, false);
       dm = dM;
       ld_dm = H;
     }
@@ -356,15 +366,15 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
       const int64_t row = p.offset + b;
       if (lstm) {
         const T* dc_in = ends_here(b) ? (gcn ? gcn + b * H : nullptr) : dcx + b * H;
-        Rows::lstm_backward(H, Gd + row * ldG, Ad + row * ldA, Cp + row * H, dm + b * ld_dm,
+        rows.lstm_backward(H, Gd + row * ldG, Ad + row * ldA, Cp + row * H, dm + b * ld_dm,
                              dc_in, dGW + row * GH, dcx + b * H, M ? M + row * H : nullptr);
       } else {
-        Rows::gru_backward(H, Gd + row * ldG, Ad + row * ldA, Hp + row * P,
+        rows.gru_backward(H, Gd + row * ldG, Ad + row * ldA, Hp + row * P,
                             dYd + row * ldY, dGW + row * GH, dGR + row * GH, dhx + b * P);
       }
     });
     // GRU's rows already hold the direct carry dh z: accumulate onto it.
-    step_gemm<T>(p.rows, P, GH, dGR + p.offset * GH, GH, w.w_hh, P, dhx, P,
+    step_gemm<T>(p.rows, P, GH, dGR + p.offset * GH, GH, w.w_hh, P, false, dhx, P,
                  s.cell == CellKind::Gru);
   }
 }
@@ -394,15 +404,12 @@ void gated_backward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<
       auto block = [&](const at::Tensor& t, int64_t size) -> const T* {
         return t.defined() ? t.const_data_ptr<T>() + ld * size : nullptr;
       };
-      with_rows<T>([&](auto rows) {
-        backward_direction<T, decltype(rows)>(
-            s, d, w, Y.const_data_ptr<T>(), workspace[1][layer].const_data_ptr<T>(),
-            workspace[2][layer].const_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
-            lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr, dYp, block(grad_h_n[0], NP),
-            lstm ? block(grad_h_n[1], NH) : nullptr,
-            grad_hx[0].mutable_data_ptr<T>() + ld * NP,
-            lstm ? grad_hx[1].mutable_data_ptr<T>() + ld * NH : nullptr, sc);
-      });
+      backward_direction<T>(
+          s, d, w, Y.const_data_ptr<T>(), workspace[1][layer].const_data_ptr<T>(),
+          workspace[2][layer].const_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
+          lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr, dYp, block(grad_h_n[0], NP),
+          lstm ? block(grad_h_n[1], NH) : nullptr, grad_hx[0].mutable_data_ptr<T>() + ld * NP,
+          lstm ? grad_hx[1].mutable_data_ptr<T>() + ld * NH : nullptr, sc);
 
       // Weight, bias and input gradients: one GEMM / reduction each over all rows.
       const T* dGW = sc.dGW.template const_data_ptr<T>();

@@ -28,6 +28,7 @@
 #include "cpu_common.h"
 #include "gated_cpu.h"
 #include "parallel_tiles.h"
+#include "row_kernels.h"
 #include "step_avx512.h"
 
 #include <omp.h>
@@ -927,6 +928,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
 }
 
 }  // namespace
+
+}  // namespace rnnfast::cpu
+
+namespace rnnfast {
+
+std::string cpu_kernels() {
+  if (cpu::avx512::bf16_supported()) return "avx512_bf16";
+  if (cpu::avx512::supported()) return "avx512";
+  if (cpu::avx2::cell_rows() != nullptr) return "avx2";
+  return "generic";
+}
+
+}  // namespace rnnfast
+
+namespace rnnfast::cpu {
 
 TORCH_LIBRARY_IMPL(rnnfast, CPU, m) {
   m.impl("rnn_forward", &rnn_forward_cpu);

@@ -1,11 +1,12 @@
-"""Benchmarks of rnnfast.RNN against torch.nn.RNN.
+"""Benchmarks of rnnfast.RNN, LSTM and GRU against torch.nn.RNN, LSTM and GRU.
 
-    python -m rnnfast.bench                 # the quick set (about 2 minutes on 2 cores)
+    python -m rnnfast.bench                 # the quick set, all three cells
+    python -m rnnfast.bench --cell lstm,gru --set cpu-targets
     python -m rnnfast.bench --set cpu-targets --device cpu --out bench/results/cpu-baseline
     python -m rnnfast.bench --set gpu --device cuda --dtype float32,bfloat16
     python -m rnnfast.bench --list          # the named configuration sets
 
-Modules: configs (shapes and named sets), workloads (the timed torch / rnnfast
+Modules: configs (cells, shapes and named sets), workloads (the timed torch / rnnfast
 callables and saved-activation memory), timing (interleaved medians, CUDA events),
 checks (the correctness guard), machine (what ran it), report (tables, JSON,
 Markdown, plot), runner (the loop) and cli. The pytest-benchmark suite in bench/

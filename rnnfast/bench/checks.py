@@ -1,12 +1,13 @@
 """Correctness guard: no speed is reported for a configuration rnnfast gets wrong.
 
-Before a configuration is timed, rnnfast and torch.nn.RNN (same weights, through
-state_dict) run on its exact shapes and dtype, and both are compared with a float64
-torch.nn.RNN oracle holding the same (dtype-rounded) weights. rnnfast passes when its
-error is within the dtype's tolerance, or within 4x torch's own error at that dtype
-(low precision, TF32 on GPU). Compared: the output and h_n, and for fwd+bwd the
-gradients of the input and of every parameter. The error of a tensor is
-max|a - ref| / max|ref| (a max-norm relative error), so it is comparable across shapes.
+Before a configuration is timed, rnnfast and torch (nn.RNN, nn.LSTM or nn.GRU; same
+weights, through state_dict) run on its exact shapes and dtype, and both are compared
+with a float64 torch module of the same class holding the same (dtype-rounded)
+weights. rnnfast passes when its error is within the dtype's tolerance, or within 4x
+torch's own error at that dtype (low precision, TF32 on GPU). Compared: the output,
+h_n (and LSTM's c_n), and for fwd+bwd the gradients of the input and of every
+parameter. The error of a tensor is max|a - ref| / max|ref| (a max-norm relative
+error), so it is comparable across shapes.
 """
 
 from __future__ import annotations
@@ -79,17 +80,25 @@ def _rel_err(a: torch.Tensor | None, ref: torch.Tensor | None) -> float:
     return float(diff.max()) / max(float(ref.abs().max()), 1e-6)
 
 
+def _final_states(state) -> dict[str, torch.Tensor]:
+    """h_n, and c_n for an LSTM (whose final state is the tuple (h_n, c_n))."""
+    if isinstance(state, tuple):
+        h_n, c_n = state
+        return {"h_n": h_n.detach(), "c_n": c_n.detach()}
+    return {"h_n": state.detach()}
+
+
 def _run(model, x, gout, with_grads):
     if not with_grads:
         with torch.no_grad():
-            out, h_n = model(x)
-        return {"output": out, "h_n": h_n}
+            out, state = model(x)
+        return {"output": out, **_final_states(state)}
     x = x.detach().clone().requires_grad_(True)
     for p in model.parameters():
         p.grad = None
-    out, h_n = model(x)
+    out, state = model(x)
     out.backward(gout)
-    res = {"output": out.detach(), "h_n": h_n.detach(), "grad_input": x.grad}
+    res = {"output": out.detach(), **_final_states(state), "grad_input": x.grad}
     for name, p in model.named_parameters():
         res[f"grad_{name}"] = p.grad
     return res
@@ -125,9 +134,11 @@ def check_workload(wl: Workload, with_grads: bool) -> CheckResult:
     return result
 
 
-def probe_dtype(impl: str, dtype: torch.dtype, device: torch.device | str) -> str | None:
-    """None if impl runs forward+backward in dtype on device, else the error message."""
-    cfg = Config(3, 2, 4, 5)
+def probe_dtype(impl: str, dtype: torch.dtype, device: torch.device | str,
+                cell: str = "rnn") -> str | None:
+    """None if impl runs the cell's forward+backward in dtype on device, else the error
+    as "ExceptionType: first line of the message"."""
+    cfg = Config(3, 2, 4, 5, cell=cell)
     try:
         m = make_model(impl, cfg, device=device, dtype=dtype)
         x = torch.randn(cfg.T, cfg.B, cfg.I, device=device, dtype=dtype, requires_grad=True)

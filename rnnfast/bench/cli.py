@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .configs import SET_DOCS, SETS, get_set, parse_config
+from .configs import CELL_CLASSES, CELLS, SET_DOCS, SETS, get_set, parse_cells, parse_config, with_cells
 from .report import format_summary, format_tables, write_all
 from .runner import ERROR, FAILED, OK, Settings, run_benchmarks
 from .workloads import DTYPES, MODE_NAMES, MODES
@@ -40,6 +40,13 @@ def _csv(choices):
     return parse
 
 
+def _cells(text: str) -> list[str]:
+    try:
+        return parse_cells(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _config(text: str):
     try:
         return parse_config(text)
@@ -50,19 +57,26 @@ def _config(text: str):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m rnnfast.bench",
-        description="Time rnnfast.RNN against torch.nn.RNN (forward, and forward+backward) on a "
-        "set of shapes; every shape is checked for correctness before it is timed. "
+        description="Time rnnfast.RNN, LSTM and GRU against torch.nn.RNN, LSTM and GRU (forward, "
+        "and forward+backward) on a set of shapes; every shape is checked for correctness "
+        "before it is timed. "
         "Writes results.json, results.md and speedup.png into --out.",
         epilog="sets: " + "; ".join(f"{k}: {v}" for k, v in SET_DOCS.items()),
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_const", const="quick", dest="set",
-                       help="the quick set (default): about 2 minutes on 2 CPU cores")
+                       help="the quick set (default): 8 shapes per cell; the RNN cell takes about "
+                       "2 minutes on 2 quiet CPU cores, LSTM and GRU longer")
     which.add_argument("--full", action="store_const", const="full", dest="set",
                        help="the full sweep (much longer)")
     which.add_argument("--set", choices=sorted(SETS), dest="set", help="a named configuration set")
-    which.add_argument("--config", type=_config, action="append", dest="configs", metavar="T,B,I,H[,L[,bi]]",
-                       help="benchmark this shape instead of a set (repeatable), e.g. 100,16,64,128,2,yes")
+    which.add_argument("--config", type=_config, action="append", dest="configs",
+                       metavar="T,B,I,H[,L[,bi[,P]]]",
+                       help="benchmark this shape instead of a set (repeatable), e.g. 100,16,64,128,2,yes; "
+                       "P: LSTM's proj_size (needs --cell lstm)")
+    p.add_argument("--cell", type=_cells, default=list(CELLS), metavar="CELL",
+                   help="rnn, lstm, gru, a comma list of them, or all (default all): each shape is "
+                   "run once per cell, rnnfast.X against torch.nn.X")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: cuda when available and rnnfast was built with CUDA, else cpu")
     p.add_argument("--dtype", type=_csv(DTYPES), action="append",
@@ -108,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in SETS:
             print(f"{name:12s} {len(get_set(name)):3d} configs  {SET_DOCS[name]}")
             for c in get_set(name):
-                print(f"{'':12s} {c.label}")
+                print(f"{'':12s} {c.shape_label}")
         return 0
 
     device = _resolve_device(args.device)
@@ -119,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     set_name = "custom" if args.configs else (args.set or "quick")
-    configs = args.configs or get_set(set_name)
+    try:
+        configs = with_cells(args.configs or get_set(set_name), args.cell)
+    except ValueError as e:
+        build_parser().error(str(e))
     dtypes = list(dict.fromkeys(d for group in (args.dtype or [["float32"]]) for d in group))
     min_rep, budget = SET_TIMING.get(set_name, SET_TIMING["custom"])
     settings = Settings(
@@ -137,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .machine import device_name
 
-    print(f"rnnfast.bench: set {set_name} ({len(configs)} configs) on {device} "
+    print(f"rnnfast.bench: set {set_name} ({len(configs)} configs: "
+          f"{', '.join(CELL_CLASSES[c] for c in args.cell)}) on {device} "
           f"[{device_name(device)}], dtypes {','.join(dtypes)}, modes "
           f"{', '.join(MODE_NAMES[m] for m in args.modes)}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads", flush=True)

@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable
 
+from .configs import CELL_CLASSES
 from .workloads import MODE_NAMES
 
 __all__ = ["format_tables", "format_summary", "write_json", "write_markdown", "write_plot",
@@ -112,16 +113,18 @@ def format_tables(doc: dict) -> str:
 
 def _geomean_lines(doc: dict) -> list[str]:
     lines = []
-    for dtype in doc["dtypes"]:
-        parts = []
-        for mode in doc["modes"]:
-            g = doc["geomean"].get(f"{dtype}/{mode}", {})
-            if g.get("n"):
-                parts.append(f"{MODE_NAMES[mode]} {g['geomean_speedup']:.2f}x (n={g['n']})")
-            else:
-                parts.append(f"{MODE_NAMES[mode]} - (no valid rows)")
-        lines.append(f"geomean speedup rnnfast vs torch.nn.RNN [{dtype}, {doc['device']}]: "
-                     + ", ".join(parts))
+    for cell in doc["cells"]:
+        cls = CELL_CLASSES[cell]
+        for dtype in doc["dtypes"]:
+            parts = []
+            for mode in doc["modes"]:
+                g = doc["geomean"].get(f"{cell}/{dtype}/{mode}", {})
+                if g.get("n"):
+                    parts.append(f"{MODE_NAMES[mode]} {g['geomean_speedup']:.2f}x (n={g['n']})")
+                else:
+                    parts.append(f"{MODE_NAMES[mode]} - (no valid rows)")
+            lines.append(f"geomean speedup rnnfast.{cls} vs torch.nn.{cls} [{dtype}, {doc['device']}]: "
+                         + ", ".join(parts))
     return lines
 
 
@@ -130,7 +133,7 @@ def _gflops_lines(doc: dict) -> list[str]:
     for g in doc.get("gflops", []):
         gf = g["gflops"]
         m, k, n = g["mm_same_flops_shape"]
-        b, h, _ = g["mm_recurrent_step_shape"]
+        b, p, n_step = g["mm_recurrent_step_shape"]
         lines.append(f"GFLOP/s on the largest config ({g['label']}, {g['dtype']}; "
                      f"forward = {g['forward_gflop']:.4g} GFLOP, fwd+bwd ~ 3x):")
         rows = [("rnnfast fwd", gf["rnnfast_fwd"], f"{100 * g['fwd_fraction_of_mm']:.0f}% of torch.mm")]
@@ -139,11 +142,12 @@ def _gflops_lines(doc: dict) -> list[str]:
                          f"{100 * g['fwdbwd_fraction_of_mm']:.0f}% of torch.mm"))
         for mode in ("fwd", "fwdbwd"):
             if f"torch_{mode}_sweep" in gf:
-                rows.append((f"torch.nn.RNN {MODE_NAMES[mode]}", gf[f"torch_{mode}_sweep"],
+                rows.append((f"torch.nn.{CELL_CLASSES[g['cell']]} {MODE_NAMES[mode]}",
+                             gf[f"torch_{mode}_sweep"],
                              "from the sweep"))
         rows.append((f"torch.mm ({m}x{k})@({k}x{n})", gf["mm_same_flops"],
                      "one GEMM with the forward's FLOPs: the reference"))
-        rows.append((f"torch.mm ({b}x{h})@({h}x{h})", gf["mm_recurrent_step"],
+        rows.append((f"torch.mm ({b}x{p})@({p}x{n_step})", gf["mm_recurrent_step"],
                      "one recurrent step's GEMM"))
         w = max(len(r[0]) for r in rows)
         lines += [f"  {name:<{w}}  {val:9.2f} GFLOP/s  ({note})" for name, val, note in rows]
@@ -184,8 +188,8 @@ def format_summary(doc: dict) -> str:
         lines.append(f"{len(bad)} row(s) FAILED or ERROR; no speed is reported for them:")
         lines += [f"  {r['label']} {r['dtype']} {MODE_NAMES[r['mode']]}: {r['status']}: {r['message']}"
                   for r in bad]
-    for dtype, msg in doc.get("unsupported", {}).items():
-        lines.append(f"{dtype} was not benchmarked (UNSUPPORTED): {msg}")
+    for cell_dtype, msg in doc.get("unsupported", {}).items():
+        lines.append(f"{cell_dtype} was not benchmarked (UNSUPPORTED): {msg}")
     return "\n".join(lines)
 
 
@@ -228,11 +232,13 @@ def write_markdown(doc: dict, out_dir: str, plot_name: str | None) -> str:
         f"| git commit | {m.get('git_commit')} |",
         f"| date (UTC) | {m['timestamp']} |",
         "",
-        "Times are medians over repeats in which torch.nn.RNN and rnnfast.RNN alternate "
-        "(A B A B ...); speedup = torch ms / rnnfast ms; tokens/s = T*B / rnnfast time; "
-        "noise = half the inter-quartile range of the samples relative to the median. "
-        "Every row was checked against a float64 torch.nn.RNN first (outputs, and for "
-        "fwd+bwd all gradients).",
+        "Times are medians over repeats in which torch.nn.X and rnnfast.X (X = RNN, LSTM, "
+        "GRU, as the config names) alternate (A B A B ...); speedup = torch ms / rnnfast ms; "
+        "tokens/s = T*B / rnnfast time; noise = half the inter-quartile range of the "
+        "samples relative to the median; saved = bytes of the distinct storages autograd "
+        "saves for backward in one training forward (parameters and input excluded). "
+        "Every row was checked against a float64 torch.nn.X first (outputs and final "
+        "states, and for fwd+bwd all gradients).",
         "",
     ]
     for mode in doc["modes"]:
@@ -264,7 +270,9 @@ def write_plot(doc: dict, out_dir: str, log: Callable[[str], None] = print) -> s
         log("note: no valid rows; skipping the speedup plot")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = {"fwd": "tab:blue", "fwdbwd": "tab:orange"}
+    # color: the cell; fwd solid (filled markers), fwd+bwd dashed (hollow); marker: the dtype
+    colors = {"rnn": "tab:blue", "lstm": "tab:orange", "gru": "tab:green"}
+    styles = {"fwd": "-", "fwdbwd": "--"}
     markers = ["o", "s", "^", "D"]
     # In sets where I = H throughout (the gpu set), I moves with H.
     i_tied = all(r["config"]["I"] == r["config"]["H"] for r in ok)
@@ -273,16 +281,17 @@ def write_plot(doc: dict, out_dir: str, log: Callable[[str], None] = print) -> s
         for r in ok:
             fixed = tuple((k, v) for k, v in sorted(r["config"].items())
                           if k != axis and not (axis == "H" and k == "I" and i_tied))
-            groups.setdefault((r["mode"], r["dtype"], fixed), []).append(r)
+            groups.setdefault((r["cell"], r["mode"], r["dtype"], fixed), []).append(r)
         labelled = set()
-        for (mode, dtype, _), rs in groups.items():
+        for (cell, mode, dtype, _), rs in groups.items():
             rs.sort(key=lambda r: r["config"][axis])
             xs = [r["config"][axis] for r in rs]
             ys = [r["speedup"] for r in rs]
-            label = f"{MODE_NAMES[mode]} {dtype}"
+            label = f"{CELL_CLASSES[cell]} {MODE_NAMES[mode]} {dtype}"
             mk = markers[doc["dtypes"].index(dtype) % len(markers)]
-            ax.plot(xs, ys, marker=mk, linestyle="-" if len(rs) > 1 else "none",
-                    color=colors[mode], alpha=0.8, label=None if label in labelled else label)
+            ax.plot(xs, ys, marker=mk, linestyle=styles[mode] if len(rs) > 1 else "none",
+                    color=colors[cell], markerfacecolor=colors[cell] if mode == "fwd" else "none",
+                    alpha=0.8, label=None if label in labelled else label)
             labelled.add(label)
         ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
         ax.set_xscale("log", base=2)
@@ -291,7 +300,7 @@ def write_plot(doc: dict, out_dir: str, log: Callable[[str], None] = print) -> s
         ax.set_xticks(xs_all, [str(x) for x in xs_all])
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
         ax.set_xlabel("hidden size H" if axis == "H" else "batch size B")
-        ax.set_ylabel("speedup vs torch.nn.RNN (log scale)")
+        ax.set_ylabel("speedup vs torch.nn (log scale)")
         ax.set_title(f"speedup vs {'hidden size' if axis == 'H' else 'batch size'}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)

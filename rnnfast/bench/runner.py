@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import os
 import statistics
@@ -57,6 +58,7 @@ def _release(device: torch.device) -> None:
 def _base_row(cfg: Config, dtype: str, device: torch.device, mode: str) -> dict:
     return {
         "config": cfg.as_dict(),
+        "cell": cfg.cell,
         "label": cfg.label,
         "dtype": dtype,
         "device": device.type,
@@ -131,9 +133,26 @@ def _cuda_path_fns(wl: Workload, mode: str, device: torch.device, row: dict) -> 
     return fns
 
 
+def _probe(cell: str, dtype_name: str, device: torch.device) -> tuple[str | None, str | None]:
+    """(why the cell in this dtype is UNSUPPORTED, rnnfast's ERROR) from a tiny run of
+    each implementation; (None, None) when both run it. UNSUPPORTED: torch cannot run it,
+    or rnnfast raises NotImplementedError (its "no kernel for this" signal, e.g. a cell
+    without CUDA kernels). Any other exception of rnnfast is a bug: ERROR."""
+    torch_err = probe_dtype("torch", DTYPES[dtype_name], device, cell)
+    fast_err = probe_dtype("rnnfast", DTYPES[dtype_name], device, cell)
+    where = f"{cell} in {dtype_name} on {device.type}"
+    if torch_err or (fast_err and fast_err.startswith("NotImplementedError")):
+        msgs = [f"{impl} does not run {where}: {err}"
+                for impl, err in (("torch", torch_err), ("rnnfast", fast_err)) if err]
+        return "; ".join(msgs), None
+    if fast_err:
+        return None, f"rnnfast raised on a tiny {where}: {fast_err}"
+    return None, None
+
+
 def _fwd_part_ok(check: CheckResult) -> bool:
     return check.error is None and not any(
-        f.startswith(("output", "h_n")) for f in check.failures
+        f.startswith(("output", "h_n", "c_n")) for f in check.failures
     )
 
 
@@ -143,20 +162,21 @@ def _gflops_section(
 ) -> dict:
     """GFLOP/s of rnnfast on cfg next to torch.mm, interleaved in the same repeats.
 
-    Two mm references: one GEMM with the forward's FLOP count, (T*B, K) @ (K, H) with
-    K = I+H for one layer (the best case for the whole FLOP volume), and the recurrent
-    step's GEMM (B, H) @ (H, H), which the time loop must run T times in sequence.
+    Two mm references: one GEMM with the forward's FLOP count, (T*B, K) @ (K, G*H)
+    (K = I+H for one layer without projection; the best case for the whole FLOP volume),
+    and the recurrent step's GEMM (B, P) @ (P, G*H), which the time loop must run T
+    times in sequence.
     """
     dtype = DTYPES[dtype_name]
     wl = Workload(cfg, dtype, device, seed=st.seed)
-    M, N = cfg.T * cfg.B, cfg.H
+    M, N = cfg.T * cfg.B, cfg.G * cfg.H
     K = max(1, round(cfg.flops() / (2 * M * N)))
     g = torch.Generator(device=device).manual_seed(1)
 
     def randn(*shape):
         return torch.randn(*shape, generator=g, device=device).to(dtype)
 
-    a, b, hs, w = randn(M, K), randn(K, N), randn(cfg.B, cfg.H), randn(cfg.H, cfg.H)
+    a, b, hs, w = randn(M, K), randn(K, N), randn(cfg.B, cfg.P), randn(cfg.P, N)
     fns = {"rnnfast_fwd": wl.fn("rnnfast", "fwd")}
     if "fwdbwd" in modes:
         fns["rnnfast_fwdbwd"] = wl.fn("rnnfast", "fwdbwd")
@@ -168,17 +188,18 @@ def _gflops_section(
     gf = {
         "rnnfast_fwd": fl / s.median_s("rnnfast_fwd") / 1e9,
         "mm_same_flops": 2 * M * K * N / s.median_s("mm_same_flops") / 1e9,
-        "mm_recurrent_step": 2 * cfg.B * cfg.H * cfg.H / s.median_s("mm_recurrent_step") / 1e9,
+        "mm_recurrent_step": 2 * cfg.B * cfg.P * N / s.median_s("mm_recurrent_step") / 1e9,
     }
     if "fwdbwd" in modes:
         gf["rnnfast_fwdbwd"] = 3 * fl / s.median_s("rnnfast_fwdbwd") / 1e9
     out = {
         "config": cfg.as_dict(),
+        "cell": cfg.cell,
         "label": cfg.label,
         "dtype": dtype_name,
         "forward_gflop": fl / 1e9,
         "mm_same_flops_shape": [M, K, N],
-        "mm_recurrent_step_shape": [cfg.B, cfg.H, cfg.H],
+        "mm_recurrent_step_shape": [cfg.B, cfg.P, N],
         "gflops": gf,
         "fwd_fraction_of_mm": gf["rnnfast_fwd"] / gf["mm_same_flops"],
         "target_fraction": GFLOPS_TARGET,
@@ -186,7 +207,7 @@ def _gflops_section(
     }
     if "fwdbwd" in modes:
         out["fwdbwd_fraction_of_mm"] = gf["rnnfast_fwdbwd"] / gf["mm_same_flops"]
-    # torch.nn.RNN's GFLOP/s on the same config, from the main sweep
+    # torch's GFLOP/s on the same config (the label names the cell), from the main sweep
     for r in rows:
         if r["status"] == OK and r["label"] == cfg.label and r["dtype"] == dtype_name:
             gf[f"torch_{r['mode']}_sweep"] = r["torch_gflops"]
@@ -203,8 +224,8 @@ def _reduced_vs_float32_section(
     same repeats; speedup = median over repeats of (float32 time / reduced time)."""
     full = Workload(cfg, DTYPES["float32"], device, seed=st.seed)
     low = Workload(cfg, DTYPES[dtype_name], device, seed=st.seed)
-    out = {"config": cfg.as_dict(), "label": cfg.label, "dtype": dtype_name, "speedup": {},
-           "float32_ms": {}, "reduced_ms": {}}
+    out = {"config": cfg.as_dict(), "cell": cfg.cell, "label": cfg.label, "dtype": dtype_name,
+           "speedup": {}, "float32_ms": {}, "reduced_ms": {}}
     for mode in modes:
         s = interleaved({"float32": full.fn("rnnfast", mode), "reduced": low.fn("rnnfast", mode)},
                         device, warmup=st.warmup, min_repeats=st.min_repeats,
@@ -239,25 +260,30 @@ def run_benchmarks(
     rows: list[dict] = []
     t0 = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    unsupported: dict[str, str] = {}
+    cells = list(dict.fromkeys(c.cell for c in configs))
+    unsupported: dict[str, str] = {}  # "cell/dtype" -> why it was not benchmarked
+    probe_errors: dict[str, str] = {}  # "cell/dtype" -> rnnfast's error on the probe
     with make_progress(len(configs) * len(dtypes) * len(modes), progress) as bar:
         say = log or bar.log
         for dtype_name in dtypes:
             dtype = DTYPES[dtype_name]
-            msgs = []
-            for impl in ("torch", "rnnfast"):
-                err = probe_dtype(impl, dtype, device)
-                if err:
-                    msgs.append(f"{impl} does not run {dtype_name} on {device.type}: {err}")
-            if msgs:
-                unsupported[dtype_name] = "; ".join(msgs)
-                say(f"UNSUPPORTED {dtype_name}: {unsupported[dtype_name]}")
+            for cell in cells:
+                key = f"{cell}/{dtype_name}"
+                why, err = _probe(cell, dtype_name, device)
+                if why:
+                    unsupported[key] = why
+                    say(f"UNSUPPORTED {key}: {why}")
+                elif err:
+                    probe_errors[key] = err
+                    say(f"ERROR {key}: {err}")
             for cfg in configs:
                 new_rows = [_base_row(cfg, dtype_name, device, m) for m in modes]
                 rows.extend(new_rows)
-                if dtype_name in unsupported:
+                key = f"{cfg.cell}/{dtype_name}"
+                if key in unsupported or key in probe_errors:
+                    status = UNSUPPORTED if key in unsupported else ERROR
                     for r in new_rows:
-                        r.update(status=UNSUPPORTED, message=unsupported[dtype_name])
+                        r.update(status=status, message=unsupported.get(key) or probe_errors[key])
                         bar.advance()
                     continue
                 bar.describe(f"{cfg.label} {dtype_name}: checking")
@@ -314,9 +340,9 @@ def run_benchmarks(
 
         gflops = []
         if st.gflops:
-            for dtype_name in dtypes:
+            for dtype_name, cell in itertools.product(dtypes, cells):
                 ok_cfgs = {Config(**r["config"]) for r in rows
-                           if r["dtype"] == dtype_name and r["status"] == OK}
+                           if r["dtype"] == dtype_name and r["cell"] == cell and r["status"] == OK}
                 if not ok_cfgs:
                     continue
                 big = max(ok_cfgs, key=lambda c: (c.flops(), c.tokens))
@@ -327,15 +353,15 @@ def run_benchmarks(
                     say(f"GFLOP/s measurement failed: {type(e).__name__}: {e}")
                 _release(device)
 
-        # Reduced precision against float32 (both rnnfast), on the largest config that
-        # ran in both: what bf16/fp16 buy over float32 on this machine.
+        # Reduced precision against float32 (both rnnfast), on each cell's largest config
+        # that ran in both: what bf16/fp16 buy over float32 on this machine.
         reduced = []
         if st.gflops and "float32" in dtypes:
-            for dtype_name in dtypes:
+            for dtype_name, cell in itertools.product(dtypes, cells):
                 if dtype_name not in ("bfloat16", "float16"):
                     continue
                 both = [Config(**r["config"]) for r in rows if r["dtype"] == dtype_name
-                        and r["status"] == OK and any(
+                        and r["cell"] == cell and r["status"] == OK and any(
                             q["dtype"] == "float32" and q["status"] == OK
                             and q["label"] == r["label"] for q in rows)]
                 if not both:
@@ -349,13 +375,13 @@ def run_benchmarks(
                 _release(device)
 
     summary = {}
-    for dtype_name in dtypes:
-        for mode in modes:
-            sp = [r["speedup"] for r in rows
-                  if r["dtype"] == dtype_name and r["mode"] == mode and r["status"] == OK]
-            summary[f"{dtype_name}/{mode}"] = {
-                "dtype": dtype_name, "mode": mode, "geomean_speedup": geomean(sp), "n": len(sp),
-            }
+    for cell, dtype_name, mode in itertools.product(cells, dtypes, modes):
+        sp = [r["speedup"] for r in rows if r["cell"] == cell and r["dtype"] == dtype_name
+              and r["mode"] == mode and r["status"] == OK]
+        summary[f"{cell}/{dtype_name}/{mode}"] = {
+            "cell": cell, "dtype": dtype_name, "mode": mode, "geomean_speedup": geomean(sp),
+            "n": len(sp),
+        }
     counts = {s: sum(r["status"] == s for r in rows) for s in (OK, FAILED, ERROR, UNSUPPORTED)}
     noise = [r["noise"] for r in rows if r["status"] == OK and math.isfinite(r.get("noise", math.nan))]
     machine = machine_info(device)
@@ -365,6 +391,7 @@ def run_benchmarks(
         "set": set_name,
         "device": device.type,
         "device_name": device_name(device),
+        "cells": cells,
         "dtypes": list(dtypes),
         "modes": modes,
         "settings": st.as_dict(),

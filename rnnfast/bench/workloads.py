@@ -1,8 +1,9 @@
-"""The timed workloads: a torch.nn.RNN and an rnnfast.RNN with identical weights.
+"""The timed workloads: a torch.nn.RNN/LSTM/GRU and the rnnfast module of the same
+name with identical weights.
 
 Shared by the CLI (rnnfast.bench) and the pytest-benchmark suite (bench/).
 Modes: "fwd" is inference (torch.no_grad()); "fwdbwd" is a training step's
-RNN part: forward with autograd, then backward of the output with a fixed random
+recurrent part: forward with autograd, then backward of the output with a fixed random
 gradient into the input and every parameter (grads reset to None before each call).
 The models have no dropout, so train()/eval() would make no difference.
 """
@@ -30,16 +31,20 @@ DTYPES = {
 
 
 def make_model(impl: str, cfg: Config, **kwargs) -> nn.Module:
-    """nn.RNN (impl="torch") or rnnfast.RNN (impl="rnnfast") for cfg. rnnfast.RNN is
-    looked up at call time, so a test can monkeypatch it."""
+    """torch.nn.X (impl="torch") or rnnfast.X (impl="rnnfast") for cfg, X = RNN, LSTM or
+    GRU by cfg.cell. rnnfast's class is looked up at call time, so a test can
+    monkeypatch it."""
     if impl == "torch":
-        cls = nn.RNN
+        module = nn
     elif impl == "rnnfast":
         import rnnfast
 
-        cls = rnnfast.RNN
+        module = rnnfast
     else:
         raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}")
+    cls = getattr(module, cfg.cls_name)
+    if cfg.proj_size:
+        kwargs["proj_size"] = cfg.proj_size
     return cls(cfg.I, cfg.H, cfg.layers, bidirectional=cfg.bidirectional, **kwargs)
 
 
@@ -64,7 +69,7 @@ class Workload:
         # drawn on the device (large GPU shapes would be slow to draw on the host)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         self.x = torch.randn(cfg.T, cfg.B, cfg.I, generator=gen, device=self.device).to(dtype)
-        self.gout = torch.randn(cfg.T, cfg.B, cfg.D * cfg.H, generator=gen, device=self.device).to(dtype)
+        self.gout = torch.randn(cfg.T, cfg.B, cfg.D * cfg.P, generator=gen, device=self.device).to(dtype)
         self.x_train = self.x.clone().requires_grad_(True)
 
     # -- the timed callables -------------------------------------------------------

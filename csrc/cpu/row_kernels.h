@@ -1,0 +1,31 @@
+// The gated cells' pointwise rows (cell_rows.h) as a table of functions, one table per
+// instruction set, chosen once per call. Arguments as in cell_rows.h.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnfast::cpu {
+
+template <typename T>
+struct RowKernels {
+  void (*lstm_forward)(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
+                       const T* c_prev, T* c, T* m);
+  void (*gru_forward)(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
+                      const T* h_prev, T* hn, T* h);
+  void (*lstm_backward)(int64_t H, const T* gates, const T* c, const T* c_prev, const T* dm,
+                        const T* dc_in, T* dG, T* dc_prev, T* m);
+  void (*gru_backward)(int64_t H, const T* gates, const T* hn, const T* h_prev, const T* dh,
+                       T* dGW, T* dGR, T* dh_prev);
+  void (*add)(int64_t n, const T* src, T* dst);
+};
+
+// float32 rows compiled for AVX-512 (cell_rows_avx512.cpp) and for AVX2 + FMA
+// (cell_rows_avx2.cpp): null where this CPU lacks the instruction set.
+namespace avx512 {
+const RowKernels<float>* cell_rows();
+}
+namespace avx2 {
+const RowKernels<float>* cell_rows();
+}
+
+}  // namespace rnnfast::cpu
