@@ -11,7 +11,7 @@ VENV        := .venv
 TORCH_PIN   := torch==2.13.0
 DEV_DEPS    := numpy ninja setuptools wheel pytest pytest-benchmark hypothesis expecttest matplotlib rich
 MAX_JOBS    ?= 2
-BENCH_ARGS  ?= --quick
+BENCH_ARGS  ?= --quick --cell all
 PYTEST_ARGS ?=
 
 ifeq ($(strip $(PYTHON)),)

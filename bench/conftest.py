@@ -3,10 +3,12 @@ testpaths is ["tests"]).
 
     pytest bench/ --benchmark-json=bench/results/latest/pytest-benchmark.json
     pytest bench/ --rnnfast-set cpu-targets --rnnfast-dtype float32,bfloat16
+    pytest bench/ --rnnfast-cell lstm,gru
     pytest bench/ --benchmark-disable          # smoke: every case runs once, untimed
 
 Options (or environment variables): --rnnfast-set (RNNFAST_BENCH_SET, default quick,
-the set `make bench` runs), --rnnfast-device (RNNFAST_BENCH_DEVICE: auto|cpu|cuda),
+the set `make bench` runs), --rnnfast-cell (RNNFAST_BENCH_CELL: rnn, lstm, gru, a comma
+list or all, the default), --rnnfast-device (RNNFAST_BENCH_DEVICE: auto|cpu|cuda),
 --rnnfast-dtype (RNNFAST_BENCH_DTYPE, comma-separated), --rnnfast-modes
 (RNNFAST_BENCH_MODES: fwd,fwdbwd). Files named bench_*.py are collected as tests.
 """
@@ -23,6 +25,8 @@ def pytest_addoption(parser):
     g = parser.getgroup("rnnfast", "rnnfast benchmarks")
     g.addoption("--rnnfast-set", default=os.environ.get("RNNFAST_BENCH_SET", "quick"),
                 help="configuration set of rnnfast.bench.configs (default quick)")
+    g.addoption("--rnnfast-cell", default=os.environ.get("RNNFAST_BENCH_CELL", "all"),
+                help="rnn, lstm, gru, a comma list of them, or all (default)")
     g.addoption("--rnnfast-device", default=os.environ.get("RNNFAST_BENCH_DEVICE", "auto"),
                 choices=["auto", "cpu", "cuda"])
     g.addoption("--rnnfast-dtype", default=os.environ.get("RNNFAST_BENCH_DTYPE", "float32"),
@@ -56,14 +60,14 @@ def resolve_device(name: str) -> str:
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    from rnnfast.bench.configs import get_set
+    from rnnfast.bench.configs import get_set, parse_cells, with_cells
 
     opt = metafunc.config.getoption
     device = resolve_device(opt("--rnnfast-device"))
     dtypes = [d.strip() for d in opt("--rnnfast-dtype").split(",") if d.strip()]
     modes = [m.strip() for m in opt("--rnnfast-modes").split(",") if m.strip()]
     cases, ids = [], []
-    for cfg in get_set(opt("--rnnfast-set")):
+    for cfg in with_cells(get_set(opt("--rnnfast-set")), parse_cells(opt("--rnnfast-cell"))):
         for dtype in dtypes:
             for mode in modes:
                 marks = []
