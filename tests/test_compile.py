@@ -1,7 +1,8 @@
 """torch.compile(fullgraph=True) of rnnfast.RNN: no graph break, results equal eager.
 
 rnnfast.RNN subclasses nn.RNNBase (not nn.RNN), so dynamo traces it; the fused ops
-stay single nodes thanks to their fake kernels and registered autograd.
+stay single nodes thanks to their fake kernels and registered autograd. Also
+torch.export of a model holding rnnfast.LSTM (proj_size) and rnnfast.GRU.
 """
 
 from __future__ import annotations
@@ -149,3 +150,44 @@ def test_compiled_functional_packed_equals_eager(device):
         grads = torch.autograd.grad(out.sum() + h_n.square().sum(), [data, hx, *weights])
         results.append((out, h_n, grads))
     _assert_same(*results)
+
+
+class _GatedModel(torch.nn.Module):
+    """An rnnfast.LSTM with a projection feeding an rnnfast.GRU (both batch_first)."""
+
+    def __init__(self, device):
+        super().__init__()
+        # LSTM output is D*P = 4 wide; h_n is P = 2 wide, c_n H = 5 wide.
+        self.lstm = rnnfast.LSTM(3, 5, 2, batch_first=True, bidirectional=True, proj_size=2,
+                                 device=device, dtype=DT)
+        self.gru = rnnfast.GRU(4, 3, batch_first=True, device=device, dtype=DT)
+
+    def forward(self, x, h0, c0):
+        out, (h_n, c_n) = self.lstm(x, (h0, c0))
+        out, g_n = self.gru(out)
+        return out, h_n, c_n, g_n
+
+
+# LSTM and GRU have no CUDA kernels yet (test_gated_ops.py checks that they raise there).
+@pytest.mark.parametrize("device", ["cpu"])
+def test_export_lstm_with_proj_and_gru_equals_eager(device):
+    """torch.export of a model holding rnnfast.LSTM (proj_size) and rnnfast.GRU: the graph
+    keeps one rnnfast::rnn_forward per module, and the exported program gives eager's
+    results, on the example input and on fresh input of another batch size (dynamic)."""
+    torch.manual_seed(6)
+    m = _GatedModel(device)
+    x, h0, c0 = randn(2, 5, 3, device=device), randn(4, 2, 2, device=device), \
+        randn(4, 2, 5, device=device)
+    batch = torch.export.Dim("batch")
+    exported = torch.export.export(m, (x, h0, c0),
+                                   dynamic_shapes=({0: batch}, {1: batch}, {1: batch}))
+    targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count("rnnfast.rnn_forward.default") == 2, targets
+    assert not any("aten.lstm" in t or "aten.gru" in t for t in targets), targets
+    for N in (2, 3):
+        x, h0, c0 = randn(N, 5, 3, device=device), randn(4, N, 2, device=device), \
+            randn(4, N, 5, device=device)
+        got, expected = exported.module()(x, h0, c0), m(x, h0, c0)
+        assert [t.shape for t in got] == [(N, 5, 3), (4, N, 2), (4, N, 5), (1, N, 3)]
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b, **TOL)

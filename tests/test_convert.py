@@ -154,10 +154,25 @@ def test_subclasses_and_other_modules_are_left_alone():
     class MyRNN(nn.RNN):
         pass
 
-    model = nn.Sequential(MyRNN(3, 4), nn.GRU(3, 4), nn.LSTM(3, 4), nn.Linear(3, 4))
+    class MyLSTM(nn.LSTM):
+        pass
+
+    model = nn.Sequential(MyRNN(3, 4), MyLSTM(3, 4), nn.Linear(3, 4), nn.Conv1d(3, 4, 1))
     before = list(model)
     rnnfast.convert(model)
     assert all(a is b for a, b in zip(model, before))
+
+
+@pytest.mark.parametrize("torch_cls, fast_cls", [
+    (nn.LSTM, rnnfast.LSTM), (nn.GRU, rnnfast.GRU), (nn.LSTMCell, rnnfast.LSTMCell),
+    (nn.GRUCell, rnnfast.GRUCell)])
+def test_lstm_and_gru_convert_both_ways_sharing_parameters(torch_cls, fast_cls):
+    model = nn.Sequential(torch_cls(3, 4), nn.Linear(4, 4))
+    params = list(model[0].parameters())
+    assert type(rnnfast.convert(model)[0]) is fast_cls
+    assert all(a is b for a, b in zip(model[0].parameters(), params))
+    assert type(rnnfast.to_torch(model)[0]) is torch_cls
+    assert all(a is b for a, b in zip(model[0].parameters(), params))
 
 
 def test_convert_is_idempotent():

@@ -17,6 +17,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
+from helpers import call_reference_forward, call_rnn_forward
 from rnnfast import reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -108,9 +109,9 @@ def run(case: Case, device, dtype, *, use_reference=False, use_out=True, use_hn=
     args = (x, hx, ws, case.batch_sizes, cast(case.masks), case.has_biases, case.num_layers,
             case.nonlinearity, case.bidirectional)
     if use_reference:
-        out, hn = reference.rnn_forward(*args)
+        out, hn = call_reference_forward(*args)
     else:
-        out, hn, _ = ops.rnn_forward(*args)
+        out, hn, _ = call_rnn_forward(*args)
     outputs, grads = [], []
     if use_out:
         outputs.append(out)
@@ -305,8 +306,8 @@ def test_gradcheck_float64():
     masks = case.masks.to(**cuda)
 
     def fn(x, hx, *ws):
-        out, hn, _ = ops.rnn_forward(x, hx, list(ws), case.batch_sizes, masks, True, 2, "tanh",
-                                     True)
+        out, hn, _ = call_rnn_forward(x, hx, list(ws), case.batch_sizes, masks, True, 2, "tanh",
+                                      True)
         return out, hn
 
     assert torch.autograd.gradcheck(fn, (x, hx, *ws))
@@ -339,7 +340,7 @@ def test_backward_after_eval_forward(no_tf32):
     x64 = x.detach().double().cpu().requires_grad_()
     w64 = [p.detach().double().cpu().requires_grad_() for p in params]
     h0 = torch.zeros(4, 3, 16, dtype=torch.float64)
-    o, h = reference.rnn_forward(x64, h0, w64, None, None, True, 2, "tanh", True)
+    o, h = call_reference_forward(x64, h0, w64, None, None, True, 2, "tanh", True)
     (o.sum() + h.pow(2).sum()).backward()
     torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=5e-5, rtol=1e-4)
     for p, r in zip(params, w64):
@@ -376,13 +377,13 @@ def test_errors():
     case = make_case()
     x, hx = case.x.cuda(), case.hx.cuda()
     ws = [w.cuda() for w in case.weights]
-    with pytest.raises(RuntimeError, match="hx must be on the device of input"):
-        ops.rnn_forward(x, hx.cpu(), ws, None, None, True, 1, "tanh", False)
+    with pytest.raises(RuntimeError, match=r"hx\[0\] must be on the device of input"):
+        call_rnn_forward(x, hx.cpu(), ws, None, None, True, 1, "tanh", False)
     with pytest.raises(RuntimeError, match="batch_sizes must be a 1-D int64 CPU tensor"):
-        ops.rnn_forward(x.view(-1, x.shape[-1]), hx, ws, torch.full((7,), 5, device="cuda"),
-                        None, True, 1, "tanh", False)
+        call_rnn_forward(x.view(-1, x.shape[-1]), hx, ws, torch.full((7,), 5, device="cuda"),
+                         None, True, 1, "tanh", False)
     with pytest.raises(RuntimeError, match="float16, bfloat16, float32 or float64"):
-        ops.rnn_forward(x.int(), hx, ws, None, None, True, 1, "tanh", False)
+        call_rnn_forward(x.int(), hx, ws, None, None, True, 1, "tanh", False)
 
 
 # ---------------------------------------------------------------------------
@@ -408,7 +409,7 @@ def test_runs_on_current_stream(bidirectional):
         torch.cuda._sleep(100_000_000)
         x.copy_(src)
         xc = x.requires_grad_()
-        out, hn, _ = ops.rnn_forward(xc, hx, ws, None, None, True, 2, "tanh", bidirectional)
+        out, hn, _ = call_rnn_forward(xc, hx, ws, None, None, True, 2, "tanh", bidirectional)
         grads = torch.autograd.grad([out, hn], [xc, hx, *ws], [go, gh])
         actual = [out.detach().clone(), hn.detach().clone(), *[g.clone() for g in grads]]
     s.synchronize()
@@ -435,7 +436,7 @@ def capture_and_replay(case):
     ws = [w.float().cuda() for w in case.weights]
 
     def step():
-        return ops.rnn_forward(x, hx, ws, None, None, True, 2, "tanh", True)[:2]
+        return call_rnn_forward(x, hx, ws, None, None, True, 2, "tanh", True)[:2]
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -452,7 +453,7 @@ def capture_and_replay(case):
     x.copy_(new_x)
     graph.replay()
     torch.cuda.synchronize()
-    eager_out, eager_hn = ops.rnn_forward(new_x, hx, ws, None, None, True, 2, "tanh", True)[:2]
+    eager_out, eager_hn = call_rnn_forward(new_x, hx, ws, None, None, True, 2, "tanh", True)[:2]
     return (static_out, static_hn), (eager_out, eager_hn), launches
 
 

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import rnnfast  # noqa: F401  (registers torch.ops.rnnfast)
+from helpers import call_reference_forward
 from test_cuda import (  # noqa: F401  (no_tf32 is a fixture)
     assert_all_close, assert_low_precision_close, capture_and_replay, make_case, no_tf32,
     round_case, run)
@@ -205,6 +206,6 @@ def test_100k_steps(path, monkeypatch):
     start = T - 50
     h0 = out[start - 1, :, :H].detach().double().cpu()
     w64 = [w.detach().double().cpu() for w in rnn._flat_weights[:4]]
-    ref, _ = rnnfast.reference.rnn_forward(x[start:, :, :].detach().double().cpu(), h0[None],
-                                           w64, None, None, True, 1, "tanh", False)
+    ref, _ = call_reference_forward(x[start:, :, :].detach().double().cpu(), h0[None], w64,
+                                    None, None, True, 1, "tanh", False)
     torch.testing.assert_close(out[start:, :, :H].double().cpu(), ref, atol=1e-4, rtol=1e-4)

@@ -1,12 +1,14 @@
 """rnnfast modules under torch.nn.parallel.DistributedDataParallel (CPU, gloo).
 
-Specification: two processes, each holding half of a batch, train a model of
-rnnfast.RNN + rnnfast.RNNCell wrapped in DDP; their averaged gradients, and the
-parameters after a few SGD steps, equal those of a single process training on the
-combined batch. The model's forward calls ``self.rnn.flatten_parameters()`` first
-(the DataParallel idiom), which must be accepted.
+Specification: two processes, each holding half of a batch, train a model wrapped in
+DDP; their averaged gradients, and the parameters after a few SGD steps, equal those of
+a single process training on the combined batch. Two models: rnnfast.RNN +
+rnnfast.RNNCell ("rnn"), and rnnfast.LSTM (with proj_size) + rnnfast.GRU +
+rnnfast.LSTMCell + rnnfast.GRUCell ("gated": every gated class in one model, so one
+pair of worker processes covers them all). The model's forward calls
+``flatten_parameters()`` first (the DataParallel idiom), which must be accepted.
 
-The workers are this file run as a script (``python test_ddp.py RANK WORLD INIT OUT``),
+The workers are this file run as a script (``python test_ddp.py RANK WORLD INIT OUT KIND``),
 so the model and the data are the same functions in both places.
 """
 
@@ -17,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -44,9 +47,35 @@ class Model(nn.Module):
         return self.head(h) + h_n.mean(0)[:, :2]
 
 
-def make_model():
+class GatedModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        # LSTM output is D*P = 6 wide; h_n is P = 3 wide, c_n H = 5 wide.
+        self.rnn = rnnfast.LSTM(3, 5, 2, batch_first=True, bidirectional=True, proj_size=3)
+        self.gru = rnnfast.GRU(6, 4, batch_first=True)
+        self.cell = rnnfast.LSTMCell(4, 4)
+        self.gru_cell = rnnfast.GRUCell(4, 3)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.rnn.flatten_parameters()  # DataParallel idiom: must be a harmless no-op
+        self.gru.flatten_parameters()
+        out, (h_n, c_n) = self.rnn(x)
+        out, g_n = self.gru(out)
+        state = g = None
+        for t in range(out.shape[1]):
+            state = self.cell(out[:, t], state)
+            g = self.gru_cell(state[0], g)
+        return (self.head(g) + h_n.mean(0)[:, :2] + c_n.mean(0)[:, :2] + g_n.mean(0)[:, :2]
+                + state[1][:, :2])
+
+
+MODELS = {"rnn": Model, "gated": GatedModel}
+
+
+def make_model(kind="rnn"):
     torch.manual_seed(0)
-    return Model().double()
+    return MODELS[kind]().double()
 
 
 def batch(step):
@@ -72,14 +101,14 @@ def train(model, rank=0, world=1):
     return first_grads
 
 
-def _worker(rank, world, init_file, out_file):
+def _worker(rank, world, init_file, out_file, kind):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
-        ddp = DDP(make_model())
+        ddp = DDP(make_model(kind))
         grads = train(ddp, rank, world)
         grads = {n.removeprefix("module."): g for n, g in grads.items()}
         params = {n: p.detach() for n, p in ddp.module.named_parameters()}
@@ -88,7 +117,8 @@ def _worker(rank, world, init_file, out_file):
         dist.destroy_process_group()
 
 
-def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path, kind):
     init_file = tmp_path / "init"
     outs = [tmp_path / f"rank{r}.pt" for r in range(WORLD)]
     repo = Path(rnnfast.__file__).resolve().parent.parent
@@ -97,7 +127,7 @@ def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, str(r), str(WORLD), str(init_file), str(outs[r])],
+            [sys.executable, __file__, str(r), str(WORLD), str(init_file), str(outs[r]), kind],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for r in range(WORLD)
@@ -112,7 +142,7 @@ def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
             raise
     assert all(p.returncode == 0 for p in procs), "\n".join(logs)
 
-    single = make_model()
+    single = make_model(kind)
     expected_grads = train(single)
     expected_params = dict(single.named_parameters())
     results = [torch.load(o, weights_only=True) for o in outs]
@@ -125,8 +155,8 @@ def test_ddp_two_processes_match_one_process_on_the_combined_batch(tmp_path):
             torch.testing.assert_close(res["params"][name], p.detach(), atol=1e-12, rtol=0)
     # And training really moved the parameters away from the initial ones.
     assert not torch.allclose(results[0]["params"]["rnn.weight_hh_l1"],
-                              make_model().rnn.weight_hh_l1)
+                              make_model(kind).rnn.weight_hh_l1)
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])

@@ -21,6 +21,10 @@ asserted in test_what_varies_with_the_thread_count:
 
 Results never depend on anything else: not on previous calls, other modules, memory
 reuse, or whether deterministic algorithms are requested.
+
+All of this holds for rnnfast.LSTM (with and without projections) and rnnfast.GRU as
+for rnnfast.RNN: the configurations below with a "cell" key run them (c_n and the
+gradient of c0 count with h_n and the gradient of hx).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnfast
+from helpers import OWN_FLOAT32_GEMMS, call_rnn_forward
 
 
 @pytest.fixture(autouse=True)
@@ -60,21 +65,41 @@ CONFIGS = {
     "f32-train-dropout": dict(I=5, H=20, N=4, T=6, layers=3, bidirectional=True,
                               packed=False, dtype=torch.float32, nonlinearity="tanh",
                               dropout=0.5),
+    "lstm-f32-bidir-packed": dict(cell="lstm", I=5, H=17, N=5, T=9, layers=2,
+                                  bidirectional=True, packed=True, dtype=torch.float32),
+    "lstm-proj-f32-3-layers": dict(cell="lstm", proj_size=5, I=8, H=24, N=7, T=6, layers=3,
+                                   bidirectional=False, packed=False, dtype=torch.float32),
+    "gru-f32-team": dict(cell="gru", I=8, H=64, N=12, T=6, layers=1, bidirectional=False,
+                         packed=False, dtype=torch.float32),
+    "gru-f32-train-dropout": dict(cell="gru", I=5, H=20, N=4, T=6, layers=3, bidirectional=True,
+                                  packed=False, dtype=torch.float32, dropout=0.5),
+    "lstm-f64-bidir": dict(cell="lstm", I=6, H=9, N=4, T=5, layers=2, bidirectional=True,
+                           packed=False, dtype=torch.float64),
 }
 
 
 def _make(cfg, seed=0):
+    cell = cfg.get("cell", "rnn")
+    kwargs = dict(bidirectional=cfg["bidirectional"], dropout=cfg.get("dropout", 0.0),
+                  dtype=cfg["dtype"])
+    if cell == "rnn":
+        kwargs["nonlinearity"] = cfg["nonlinearity"]
+    if cell == "lstm":
+        kwargs["proj_size"] = cfg.get("proj_size", 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        rnn = rnnfast.RNN(cfg["I"], cfg["H"], cfg["layers"], nonlinearity=cfg["nonlinearity"],
-                          bidirectional=cfg["bidirectional"], dropout=cfg.get("dropout", 0.0),
-                          dtype=cfg["dtype"])
+        cls = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[cell]
+        rnn = cls(cfg["I"], cfg["H"], cfg["layers"], **kwargs)
     rnn.train("dropout" in cfg)
     g = torch.Generator().manual_seed(seed + 1)
     D = 2 if cfg["bidirectional"] else 1
     dt = cfg["dtype"]
     x = torch.randn(cfg["T"], cfg["N"], cfg["I"], generator=g).to(dt).requires_grad_()
-    hx = torch.randn(cfg["layers"] * D, cfg["N"], cfg["H"], generator=g).to(dt).requires_grad_()
+    P = cfg.get("proj_size", 0) or cfg["H"]
+    hx = torch.randn(cfg["layers"] * D, cfg["N"], P, generator=g).to(dt).requires_grad_()
+    if cell == "lstm":  # (h0, c0)
+        c0 = torch.randn(cfg["layers"] * D, cfg["N"], cfg["H"], generator=g).to(dt)
+        hx = (hx, c0.requires_grad_())
     lengths = torch.randint(1, cfg["T"] + 1, (cfg["N"],), generator=g)
     lengths[0] = cfg["T"]
     return rnn, x, hx, lengths, g
@@ -87,16 +112,23 @@ def _run(cfg, rnn, x, hx, lengths, seed=123):
         torch.manual_seed(seed)
         out, h_n = rnn(inp, hx)
     out = out.data if cfg["packed"] else out
+    results = [out, *_states(h_n)]
     g = torch.Generator().manual_seed(seed)
-    go = torch.randn(out.shape, generator=g).to(out.dtype)
-    gh = torch.randn(h_n.shape, generator=g).to(h_n.dtype)
-    grads = torch.autograd.grad((out, h_n), [x, hx, *rnn.parameters()], (go, gh))
-    return [out.detach(), h_n.detach(), *grads]
+    cotangents = [torch.randn(r.shape, generator=g).to(r.dtype) for r in results]
+    grads = torch.autograd.grad(results, [x, *_states(hx), *rnn.parameters()], cotangents)
+    return [r.detach() for r in results] + list(grads)
+
+
+def _states(h):
+    """[h] for a state tensor, [h, c] for LSTM's (h, c)."""
+    return list(h) if isinstance(h, tuple) else [h]
 
 
 def _names(rnn):
-    return ["output", "h_n", "grad input", "grad hx"] + [f"grad {n}" for n, _ in
-                                                          rnn.named_parameters()]
+    lstm = rnn.mode == "LSTM"
+    return (["output", "h_n"] + (["c_n"] if lstm else []) + ["grad input", "grad hx"]
+            + (["grad cx"] if lstm else [])
+            + [f"grad {n}" for n, _ in rnn.named_parameters()])
 
 
 def _assert_bitwise(actual, expected, names, what):
@@ -119,8 +151,9 @@ def test_repeated_runs_are_bitwise_identical(name):
     _assert_bitwise(_run(cfg, rnn2, x2, hx2, lengths2), first, _names(rnn), "fresh module")
 
 
-def test_train_dropout_masks_depend_only_on_the_seed():
-    cfg = CONFIGS["f32-train-dropout"]
+@pytest.mark.parametrize("name", ["f32-train-dropout", "gru-f32-train-dropout"])
+def test_train_dropout_masks_depend_only_on_the_seed(name):
+    cfg = CONFIGS[name]
     rnn, x, hx, lengths, _ = _make(cfg)
     a = _run(cfg, rnn, x, hx, lengths, seed=1)
     b = _run(cfg, rnn, x, hx, lengths, seed=2)
@@ -153,19 +186,39 @@ def test_use_deterministic_algorithms_cell_and_raw_ops():
     _assert_bitwise(runs[1], runs[0], ["h", "grad hx", "w_ih", "w_hh", "b_ih", "b_hh"], "cell")
     w = [torch.randn(6, 3), torch.randn(6, 6)]
     args = (torch.randn(4, 2, 3), torch.randn(1, 2, 6), w, None, None, False, 1, "tanh", False)
-    a, b = torch.ops.rnnfast.rnn_forward(*args), torch.ops.rnnfast.rnn_forward(*args)
+    a, b = call_rnn_forward(*args), call_rnn_forward(*args)
     assert all(torch.equal(p, q) for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("cls", [rnnfast.LSTMCell, rnnfast.GRUCell],
+                         ids=["LSTMCell", "GRUCell"])
+def test_use_deterministic_algorithms_gated_cells(cls):
+    torch.use_deterministic_algorithms(True)
+    cell = cls(7, 19)
+    x, h = torch.randn(5, 7), torch.randn(5, 19, requires_grad=True)
+    hx = (h, torch.randn(5, 19, requires_grad=True)) if cls is rnnfast.LSTMCell else h
+    runs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            out = cell(x, hx)
+            outs = list(out) if isinstance(out, tuple) else [out]
+            leaves = (list(hx) if isinstance(hx, tuple) else [hx]) + list(cell.parameters())
+            runs.append(outs + list(torch.autograd.grad(sum(o.sum() for o in outs), leaves)))
+    names = [f"result {i}" for i in range(len(runs[0]))]
+    _assert_bitwise(runs[1], runs[0], names, cls.__name__)
 
 
 def _thread_invariant(names, dtype):
     """Names of the results asserted bitwise equal across thread counts."""
-    if dtype != torch.float32:
+    if dtype != torch.float32 or not OWN_FLOAT32_GEMMS:
         return []
     return [n for n in names if "weight" not in n]
 
 
 @pytest.mark.parametrize("name", ["f32-uni-team", "f32-bidir-packed-relu", "f32-3-layers-tail",
-                                  "f64-bidir", "bf16-packed"])
+                                  "f64-bidir", "bf16-packed", "lstm-f32-bidir-packed",
+                                  "lstm-proj-f32-3-layers", "gru-f32-team", "lstm-f64-bidir"])
 def test_what_varies_with_the_thread_count(name):
     cfg = CONFIGS[name]
     rnn, x, hx, lengths, _ = _make(cfg)

@@ -15,7 +15,8 @@ oracle rnnfast.reference), within a tolerance that depends only on the dtype:
 The drawn configurations cover: sequence length (T=1 included), batch (N=0
 included), input/hidden sizes (I=1, H=1 and sizes straddling the 16-wide vector
 blocks of the AVX-512 kernels), layers, directions, batch_first, bias,
-nonlinearity, hx given or not, unbatched input, packed sequences with random
+nonlinearity, hx given or not, unbatched input, and at the op level every mode
+(RNN_TANH, RNN_RELU, LSTM with and without proj_size, GRU), packed sequences with random
 lengths (sorted or not), non-contiguous, transposed and expanded (stride-0) input
 and hx, requires_grad on any subset of (input, hx, each parameter), gradients
 through output, h_n or both.
@@ -45,7 +46,6 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
-from rnnfast import reference
 
 _COMMON = dict(
     deadline=None,
@@ -359,7 +359,8 @@ class OpCase:
     num_layers: int
     bidirectional: bool
     has_biases: bool
-    nonlinearity: str
+    mode: str  # "RNN_TANH", "RNN_RELU", "LSTM" or "GRU"
+    proj_size: int  # LSTM only; 0 = no projection
     batch_sizes: list  # [] = dense input
     keep: float  # dropout keep probability of the masks (0 = p=1: all zero)
     with_masks: bool
@@ -380,10 +381,13 @@ def op_cases(draw):
                              reverse=True)
         batch_sizes = [N] + batch_sizes
     grad_output = draw(st.booleans())
+    H = draw(st.sampled_from(HIDDEN))
+    mode = draw(st.sampled_from(["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]))
+    proj_size = draw(st.integers(0, H - 1)) if mode == "LSTM" and H > 1 else 0
     return OpCase(
-        T=T, N=N, I=draw(st.integers(1, I_MAX)), H=draw(st.sampled_from(HIDDEN)),
+        T=T, N=N, I=draw(st.integers(1, I_MAX)), H=H,
         num_layers=draw(st.integers(1, LAYERS_MAX)), bidirectional=draw(st.booleans()),
-        has_biases=draw(st.booleans()), nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
+        has_biases=draw(st.booleans()), mode=mode, proj_size=proj_size,
         batch_sizes=batch_sizes, keep=draw(st.sampled_from([0.0, 0.3, 0.8, 1.0])),
         with_masks=draw(st.booleans()), dtype=draw(st.sampled_from(DTYPES)),
         grad_output=grad_output, grad_h_n=draw(st.booleans()) or not grad_output,
@@ -394,10 +398,14 @@ def op_cases(draw):
 @FUZZ
 @given(case=op_cases())
 def test_op_matches_reference(case, device):
-    """The raw op (what rnnfast.functional calls) against the pure-PyTorch oracle,
-    including inter-layer dropout masks and packed batch_sizes drawn at random."""
+    """The raw op (what rnnfast.functional calls) against the pure-PyTorch oracle, for
+    every mode (LSTM with and without proj_size), including inter-layer dropout masks
+    and packed batch_sizes drawn at random."""
     gen = torch.Generator().manual_seed(case.seed)
     D = 2 if case.bidirectional else 1
+    G = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}[case.mode]
+    H = case.H
+    P = case.proj_size or H  # the width of h, the output and the layers above
     packed = bool(case.batch_sizes)
     rows = sum(case.batch_sizes) if packed else case.T * case.N
 
@@ -405,53 +413,70 @@ def test_op_matches_reference(case, device):
         t = (torch.randn(shape, dtype=torch.float64, generator=gen) * scale).to(case.dtype)
         return t.to(torch.float64)  # the values the low-precision kernels will see
 
-    weights = []
+    weights = []  # nn.RNNBase._flat_weights order: w_ih, w_hh, [b_ih, b_hh], [w_hr]
     for layer in range(case.num_layers):
-        fan_in = case.I if layer == 0 else D * case.H
+        fan_in = case.I if layer == 0 else D * P
         for _ in range(D):
-            weights += [rand(case.H, fan_in, scale=fan_in**-0.5), rand(case.H, case.H, scale=case.H**-0.5)]
+            weights += [rand(G * H, fan_in, scale=fan_in**-0.5), rand(G * H, P, scale=P**-0.5)]
             if case.has_biases:
-                weights += [rand(case.H, scale=0.5), rand(case.H, scale=0.5)]
+                weights += [rand(G * H, scale=0.5), rand(G * H, scale=0.5)]
+            if case.proj_size:
+                weights.append(rand(P, H, scale=H**-0.5))
     x = rand(rows, case.I) if packed else rand(case.T, case.N, case.I)
-    hx = rand(case.num_layers * D, case.N, case.H)
+    hx = [rand(case.num_layers * D, case.N, P)]  # h0, and c0 for LSTM
+    if case.mode == "LSTM":
+        hx.append(rand(case.num_layers * D, case.N, H))
     batch_sizes = torch.tensor(case.batch_sizes, dtype=torch.int64) if packed else None
     masks = None
     if case.with_masks and case.num_layers > 1:
-        keep = torch.rand(case.num_layers - 1, rows, D * case.H, generator=gen) < case.keep
+        keep = torch.rand(case.num_layers - 1, rows, D * P, generator=gen) < case.keep
         masks = keep.to(torch.float64) / case.keep if case.keep > 0 else keep.to(torch.float64)
         masks = masks.to(case.dtype).to(torch.float64)
-    args = (batch_sizes, case.has_biases, case.num_layers, case.nonlinearity, case.bidirectional)
+    args = (batch_sizes, case.mode, case.has_biases, case.num_layers, case.proj_size,
+            case.bidirectional)
+
+    def op(input, hx, weights, bs, m, mode, hb, nl, proj, bi):
+        output, h_n, _ = torch.ops.rnnfast.rnn_forward(input, hx, weights, bs, m, mode, hb,
+                                                       nl, proj, bi, True)
+        return output, h_n
 
     def run(fn, dtype, dev):
-        leaves = [t.to(dev, dtype).requires_grad_() for t in [x, hx, *weights]]
+        leaves = [t.to(dev, dtype).requires_grad_() for t in [x, *hx, *weights]]
+        S = len(hx)
         m = masks.to(dev, dtype) if masks is not None else None
-        bs, hb, nl, act, bi = args
-        out, h_n = fn(leaves[0], leaves[1], leaves[2:], bs, m, hb, nl, act, bi)[:2]
+        bs, mode, hb, nl, proj, bi = args
+        out, h_n = fn(leaves[0], leaves[1:1 + S], leaves[1 + S:], bs, m, mode, hb, nl, proj,
+                      bi)
+        assert len(h_n) == S
         outs, cots = [], []
         if case.grad_output:
             outs.append(out)
             cots.append(go.to(dev, dtype))
         if case.grad_h_n:
-            outs.append(h_n)
-            cots.append(gh.to(dev, dtype))
+            outs += list(h_n)
+            cots += [g.to(dev, dtype) for g in gh]
         grads = torch.autograd.grad(outs, leaves, cots, allow_unused=True)
         grads = [torch.zeros_like(l) if g is None else g for g, l in zip(grads, leaves)]
-        return out, h_n, grads
+        return out, list(h_n), grads
 
-    out_shape = (rows, D * case.H) if packed else (case.T, case.N, D * case.H)
+    out_shape = (rows, D * P) if packed else (case.T, case.N, D * P)
     go = torch.randn(out_shape, dtype=torch.float64, generator=gen)
-    gh = torch.randn(hx.shape, dtype=torch.float64, generator=gen)
+    gh = [torch.randn(h.shape, dtype=torch.float64, generator=gen) for h in hx]
 
-    out, h_n, grads = run(torch.ops.rnnfast.rnn_forward, case.dtype, device)
-    out_ref, h_n_ref, grads_ref = run(reference.rnn_forward, torch.float64, "cpu")
-    assume(_representable(case.dtype, out_ref, h_n_ref, grads_ref))
+    out, h_n, grads = run(op, case.dtype, device)
+    out_ref, h_n_ref, grads_ref = run(rnnfast.reference.rnn_forward, torch.float64, "cpu")
+    assume(_representable(case.dtype, out_ref, *h_n_ref, grads_ref))
     # The pure-PyTorch reference in the case's dtype: how far torch's own ops land.
-    out_same, h_n_same, grads_same = run(reference.rnn_forward, case.dtype, "cpu")
+    out_same, h_n_same, grads_same = run(rnnfast.reference.rnn_forward, case.dtype, "cpu")
     _assert_close(out, out_ref, case.dtype, "output", out_same)
-    _assert_close(h_n, h_n_ref, case.dtype, "h_n", h_n_same)
-    names = ["input", "hx"] + [f"weights[{i}]" for i in range(len(weights))]
-    for name, g, g_ref, g_same in zip(names, grads, grads_ref, grads_same):
-        _assert_grad_close(g, g_ref, case.dtype, f"grad {name}", case.nonlinearity, g_same)
+    state_names = ["h_n", "c_n"]
+    for i in range(len(hx)):
+        _assert_close(h_n[i], h_n_ref[i], case.dtype, state_names[i], h_n_same[i])
+    names = ["input"] + ["h0", "c0"][:len(hx)] + [f"weights[{i}]" for i in range(len(weights))]
+    # Only relu's gradients are held to the looser low-precision norm check.
+    nonlinearity = "relu" if case.mode == "RNN_RELU" else "tanh"
+    for name, g, g_ref, g_same in zip(names, grads, grads_ref, grads_same, strict=True):
+        _assert_grad_close(g, g_ref, case.dtype, f"grad {name}", nonlinearity, g_same)
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import rnnfast
-from helpers import GRAD_TARGETS, assert_all_close, make_pair, randn
+from helpers import GRAD_TARGETS, assert_all_close, call_rnn_forward, make_pair, randn
 from helpers import seed_per_test  # noqa: F401  (autouse fixture)
 
 DT = torch.float64
@@ -125,8 +125,8 @@ def test_gradcheck_and_gradgradcheck_op_with_dropout_masks(packed, device):
     hx = randn(NL * D, N, H, device=device, gen=g)
 
     def f(x, hx, *ws):
-        out, h_n, _ = torch.ops.rnnfast.rnn_forward(x, hx, list(ws), batch_sizes, masks, True,
-                                                    NL, "tanh", True)
+        out, h_n, _ = call_rnn_forward(x, hx, list(ws), batch_sizes, masks, True, NL, "tanh",
+                                       True)
         return out, h_n
 
     inputs = tuple(t.clone().requires_grad_() for t in (x, hx, *weights))

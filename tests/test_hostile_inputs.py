@@ -15,8 +15,9 @@ a hang or a silently wrong answer; NaN/Inf propagate exactly as in torch.nn.
   hypothesis test feeds random garbage: the op raises, or its result is the oracle's.
 * 64-bit sizes: shapes with more than 2**31 elements go through the fake kernels
   (FakeTensorMode) and the module on the meta device with exact shapes and strides.
-* NaN / Inf in input, hx or a weight: output, h_n and every gradient have NaN and Inf
-  at exactly the positions nn.RNN has them, and equal finite values elsewhere. (For
+* NaN / Inf in input, hx (h0, c0) or a weight: output, h_n (c_n) and every gradient have
+  NaN and Inf at exactly the positions nn.RNN / nn.LSTM / nn.GRU (and their cells) have
+  them, and equal finite values elsewhere. (For
   relu this includes torch's derivative at a NaN output: relu's backward is
   threshold_backward, `grad if not (y <= 0) else 0`, so the gradient passes through
   where y is NaN.)
@@ -37,6 +38,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnfast
+from cells import (CELLS, GATED, GATED_STEP, MODES, PROJ, grad_names, random_cell_hx, random_hx,
+                   result_names, result_tensors, state_width, states)
+from cells import make_pair as make_cell_pair
+from helpers import call_reference_forward, call_rnn_backward, call_rnn_forward
 from rnnfast import reference
 
 ops = torch.ops.rnnfast
@@ -197,9 +202,9 @@ def _forward_args(packed=False, layers=2):
 
 
 def _call_forward(a):
-    return ops.rnn_forward(a["input"], a["hx"], a["weights"], a["batch_sizes"],
-                           a["dropout_masks"], a["has_biases"], a["num_layers"],
-                           a["nonlinearity"], a["bidirectional"])
+    return call_rnn_forward(a["input"], a["hx"], a["weights"], a["batch_sizes"],
+                            a["dropout_masks"], a["has_biases"], a["num_layers"],
+                            a["nonlinearity"], a["bidirectional"])
 
 
 def _backward_args(packed=False):
@@ -211,10 +216,10 @@ def _backward_args(packed=False):
 
 
 def _call_backward(a):
-    return ops._rnn_backward(a["grad_output"], a["grad_h_n"], a["input"], a["hx"], a["weights"],
-                             a["batch_sizes"], a["dropout_masks"], a["output"], a["workspace"],
-                             a["has_biases"], a["num_layers"], a["nonlinearity"],
-                             a["bidirectional"])
+    return call_rnn_backward(a["grad_output"], a["grad_h_n"], a["input"], a["hx"],
+                             a["weights"], a["batch_sizes"], a["dropout_masks"], a["output"],
+                             a["workspace"], a["has_biases"], a["num_layers"],
+                             a["nonlinearity"], a["bidirectional"])
 
 
 def _cell_args():
@@ -321,10 +326,12 @@ OP_CASES = [
      "num_layers"),
     ("fwd-num_layers-huge", _forward_args, _call_forward, _set_arg("num_layers", lambda n: 2**62),
      "weight tensors"),
-    ("fwd-nonlinearity", _forward_args, _call_forward, _set_arg("nonlinearity", lambda s: "gelu"),
-     "nonlinearity"),
-    ("fwd-nonlinearity-case", _forward_args, _call_forward,
-     _set_arg("nonlinearity", lambda s: "TANH"), "nonlinearity"),
+    ("fwd-mode", _forward_args, _call_forward, _set_arg("nonlinearity", lambda s: "gelu"),
+     "mode must be .* got 'gelu'"),
+    ("fwd-mode-case", _forward_args, _call_forward,
+     _set_arg("nonlinearity", lambda s: "TANH"), "mode must be .* got 'TANH'"),
+    ("fwd-mode-elman-name", _forward_args, _call_forward,
+     _set_arg("nonlinearity", lambda s: "RNN_tanh"), "mode must be .* got 'RNN_tanh'"),
     ("fwd-has_biases-mismatch", _forward_args, _call_forward,
      _set_arg("has_biases", lambda b: False), "weight tensors"),
     ("fwd-bidirectional-mismatch", _forward_args, _call_forward,
@@ -355,8 +362,8 @@ OP_CASES = [
     ("bwd-hx-shape", _backward_args, _call_backward, _set_arg("hx", lambda t: t[:, 1:]), "hx"),
     ("bwd-batch_sizes-sum", lambda: _backward_args(True), _call_backward,
      _set_arg("batch_sizes", lambda t: torch.tensor([3, 3, 2])), "batch_sizes"),
-    ("bwd-nonlinearity", _backward_args, _call_backward,
-     _set_arg("nonlinearity", lambda s: "sigmoid"), "nonlinearity"),
+    ("bwd-mode", _backward_args, _call_backward,
+     _set_arg("nonlinearity", lambda s: "sigmoid"), "mode must be .* got 'sigmoid'"),
     # rnn_cell_forward
     ("cell-input-int64", _cell_args, _call_cell, _set_arg("input", lambda t: t.long()), "input"),
     ("cell-input-complex", _cell_args, _call_cell,
@@ -543,7 +550,7 @@ def test_raw_ops_on_garbage_raise_or_match_the_oracle(data):
     except RuntimeError as e:
         assert "rnnfast" in str(e) or "sequence length" in str(e), f"unclear error: {e}"
     else:
-        _check_accepted(_call_forward, args, (out, h_n), reference.rnn_forward, lambda: [
+        _check_accepted(_call_forward, args, (out, h_n), call_reference_forward, lambda: [
             args["input"].double(), args["hx"].double(), [w.double() for w in args["weights"]],
             args["batch_sizes"], None, True, 1, "tanh", False])
 
@@ -562,6 +569,57 @@ def test_raw_ops_on_garbage_raise_or_match_the_oracle(data):
             for k in ("input", "hx", "w_ih", "w_hh", "b_ih", "b_hh")] + ["tanh"])
 
 
+def _gated_forward_args(name, packed):
+    """A valid 1-layer rnn_forward call of LSTM / LSTM with proj_size / GRU, by keyword."""
+    mode, proj = MODES[name], (PROJ if name == "lstm_proj" else 0)
+    G, P = (4 if mode == "LSTM" else 3), (proj or H_)
+    weights = [X(G * H_, I_), X(G * H_, P), X(G * H_), X(G * H_)] + ([X(P, H_)] if proj else [])
+    hx = [X(1, N_, P)] + ([X(1, N_, H_)] if mode == "LSTM" else [])
+    return dict(input=X(9, I_) if packed else X(T_, N_, I_), hx=hx, weights=weights,
+                batch_sizes=torch.tensor([3, 3, 2, 1]) if packed else None, dropout_masks=None,
+                mode=mode, has_biases=True, num_layers=1, proj_size=proj, bidirectional=False,
+                train=False)
+
+
+def _call_gated_forward(a):
+    """(output, *h_n) of the op."""
+    output, h_n, _ = ops.rnn_forward(**a)
+    return (output, *h_n)
+
+
+def _call_gated_reference(*args):
+    output, h_n = reference.rnn_forward(*args)
+    return (output, *h_n)
+
+
+@settings(max_examples=40, deadline=None, report_multiple_bugs=False,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_raw_op_on_garbage_raises_or_matches_the_oracle_lstm_and_gru(data):
+    """The garbage test above for LSTM (with and without proj_size) and GRU: each of
+    input, h0, c0, batch_sizes and every weight kept or replaced by a random tensor; the
+    op raises a RuntimeError, or the call was valid and the oracle agrees."""
+    name = data.draw(st.sampled_from(GATED), label="cell")
+    valid = _gated_forward_args(name, packed=data.draw(st.booleans(), label="packed"))
+    args = dict(valid)
+    for key in ("input",) + (("batch_sizes",) if valid["batch_sizes"] is not None else ()):
+        args[key] = _garbage_tensor(data, valid[key], key)
+    args["hx"] = [_garbage_tensor(data, h, f"hx[{i}]") for i, h in enumerate(valid["hx"])]
+    args["weights"] = [_garbage_tensor(data, w, f"weights[{i}]")
+                       for i, w in enumerate(valid["weights"])]
+    if data.draw(st.booleans(), label="whole call on meta"):  # the fake kernel's checks
+        args = {k: v if k == "batch_sizes" else _to_meta(v) for k, v in args.items()}
+    try:
+        result = _call_gated_forward(args)
+    except RuntimeError as e:
+        assert "rnnfast" in str(e) or "sequence length" in str(e), f"unclear error: {e}"
+    else:
+        _check_accepted(_call_gated_forward, args, result, _call_gated_reference, lambda: [
+            args["input"].double(), [h.double() for h in args["hx"]],
+            [w.double() for w in args["weights"]], args["batch_sizes"], None, args["mode"],
+            True, 1, args["proj_size"], False])
+
+
 # ---------------------------------------------------------------------------
 # Sizes beyond 32-bit indexing (no memory is allocated)
 # ---------------------------------------------------------------------------
@@ -575,20 +633,20 @@ def test_fake_kernels_compute_64_bit_shapes():
         hx = torch.empty(2, BIG_N, BIG_H)
         w = [torch.empty(BIG_H, 3), torch.empty(BIG_H, BIG_H), torch.empty(BIG_H),
              torch.empty(BIG_H)] * 2
-        out, h_n, ws = ops.rnn_forward(x, hx, w, None, None, True, 1, "relu", True)
+        out, h_n, ws = call_rnn_forward(x, hx, w, None, None, True, 1, "relu", True)
         assert out.shape == (BIG_T, BIG_N, 2 * BIG_H) and out.numel() == 2**43
         assert out.stride() == (BIG_N * 2 * BIG_H, 2 * BIG_H, 1)
         assert h_n.shape == (2, BIG_N, BIG_H) and ws.shape == (0, BIG_T * BIG_N, 2 * BIG_H)
-        gx, ghx, gw = ops._rnn_backward(out, h_n, x, hx, w, None, None, out, ws, True, 1,
+        gx, ghx, gw = call_rnn_backward(out, h_n, x, hx, w, None, None, out, ws, True, 1,
                                         "relu", True)
         assert gx.shape == x.shape and ghx.shape == hx.shape
         assert [g.shape for g in gw] == [t.shape for t in w]
 
         rows = 3 * 2**31  # packed: one sequence per row, more rows than an int32 holds
-        out, h_n, _ = ops.rnn_forward(torch.empty(rows, 3), torch.empty(1, rows, 4),
-                                      [torch.empty(4, 3), torch.empty(4, 4)],
-                                      torch.ones(1, dtype=torch.int64), None, False, 1,
-                                      "tanh", False)
+        out, h_n, _ = call_rnn_forward(torch.empty(rows, 3), torch.empty(1, rows, 4),
+                                       [torch.empty(4, 3), torch.empty(4, 4)],
+                                       torch.ones(1, dtype=torch.int64), None, False, 1,
+                                       "tanh", False)
         assert out.shape == (rows, 4) and h_n.shape == (1, rows, 4)
 
         h = ops.rnn_cell_forward(torch.empty(2**17, 2**15), torch.empty(2**17, 2**15),
@@ -721,3 +779,162 @@ def test_huge_finite_input_saturates_tanh_without_nan(dtype):
         _assert_same_nonfinite(a, e, "saturated", dict(atol=1e-5, rtol=1e-4))
     assert results[1][0].abs().max() <= 1.0
     assert not math.isnan(results[1][0].sum().item())
+
+
+# ---------------------------------------------------------------------------
+# LSTM (with and without proj_size) and GRU: the same NaN / Inf and size checks
+# ---------------------------------------------------------------------------
+
+# Where to poison, per cell name: the states and weights each module has.
+GATED_POISON = {
+    "lstm": POISON + [("c0", float("nan")), ("c0", -float("inf"))],
+    "lstm_proj": POISON + [("c0", float("inf")), ("weight_hr_l0", float("nan")),
+                           ("weight_hr_l1", -float("inf"))],
+    "gru": POISON + [("bias_hh_l1", float("nan"))],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", GATED)
+def test_nan_and_inf_propagate_like_nn_lstm_and_gru(name, dtype):
+    """NaN / Inf in the input, h0, c0 or a weight: output, h_n, c_n and every gradient
+    have NaN and Inf exactly where torch.nn.LSTM / GRU have them."""
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-9)
+    failures = []
+    for bidirectional in (False, True):
+        for where, value in GATED_POISON[name]:
+            ref, new = make_cell_pair(name, 3, 5, num_layers=2, bidirectional=bidirectional,
+                                      dtype=dtype, seed=len(failures))
+            x = torch.randn(6, 4, 3, dtype=dtype)
+            hx = random_hx(new, 4, dtype=dtype, requires_grad=False)
+            with torch.no_grad():
+                if where == "input":
+                    x[2, 1, 0] = value
+                elif where == "hx":
+                    states(hx)[0][0, 2, 1] = value
+                elif where == "c0":
+                    hx[1][1, 3, 4] = value
+                else:
+                    for m in (ref, new):
+                        getattr(m, where).view(-1)[1] = value
+            x.requires_grad_()
+            for h in states(hx):
+                h.requires_grad_()
+            results = []
+            for m in (ref, new):
+                out, h_n = m(x, hx)
+                outs = [out, *states(h_n)]
+                wrt = [x, *states(hx), *m.parameters()]
+                grads = torch.autograd.grad(outs, wrt, [torch.ones_like(t) for t in outs])
+                results.append([*outs, *grads])
+            names = result_names(new) + grad_names(new, hx)
+            for what, e, a in zip(names, *results, strict=True):
+                try:
+                    _assert_same_nonfinite(a, e, what, tol)
+                except AssertionError as err:
+                    failures.append(f"{where}={value} bidirectional={bidirectional}: "
+                                    f"{str(err).splitlines()[0]}")
+    assert not failures, (f"{len(failures)} mismatches with nn.{type(new).__name__}:\n"
+                          + "\n".join(failures[:12]))
+
+
+@pytest.mark.parametrize("name, where", [(n, w) for n in GATED_STEP for w in (
+    ["input", "hx", "c", "weight_hh"] if n == "lstm_cell" else ["input", "hx", "weight_hh",
+                                                                 "bias_hh"])])
+def test_cell_nan_and_inf_propagate_like_nn_lstmcell_and_grucell(name, where):
+    ref, new = make_cell_pair(name, 3, 5, dtype=torch.float32)
+    x = torch.randn(4, 3)
+    hx = random_cell_hx(new, 4, dtype=torch.float32, requires_grad=False)
+    with torch.no_grad():
+        if where == "input":
+            x[1, 0], x[2, 2] = float("nan"), float("inf")
+        elif where == "hx":
+            h = states(hx)[0]
+            h[1, 0], h[3, 4] = float("nan"), -float("inf")
+        elif where == "c":
+            hx[1][0, 2], hx[1][2, 1] = float("inf"), float("nan")
+        else:
+            for m in (ref, new):
+                getattr(m, where).view(-1)[7] = float("nan")
+    x.requires_grad_()
+    for h in states(hx):
+        h.requires_grad_()
+    results = []
+    for m in (ref, new):
+        outs = states(m(x, hx))
+        grads = torch.autograd.grad(outs, [x, *states(hx), *m.parameters()],
+                                    [torch.ones_like(t) for t in outs])
+        results.append([*outs, *grads])
+    names = result_names(new) + grad_names(new, hx)
+    for what, e, a in zip(names, *results, strict=True):
+        _assert_same_nonfinite(a, e, what, dict(atol=1e-5, rtol=1e-4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", GATED)
+def test_huge_finite_input_saturates_lstm_and_gru_gates_without_nan(name, dtype):
+    """|x| ~ 1e30: sigmoid and tanh saturate, and every result stays finite and equal
+    to torch.nn's."""
+    ref, new = make_cell_pair(name, 3, 5, num_layers=2, dtype=dtype)
+    x = (torch.randn(6, 4, 3, dtype=dtype) * 1e30).requires_grad_()
+    results = []
+    for m in (ref, new):
+        outs = result_tensors(m(x))
+        results.append([*outs, *torch.autograd.grad(sum(t.sum() for t in outs),
+                                                    [x, *m.parameters()])])
+    for e, a in zip(*results, strict=True):
+        assert a.isfinite().all() == e.isfinite().all()
+        _assert_same_nonfinite(a, e, "saturated", dict(atol=1e-5, rtol=1e-4))
+    assert results[1][0].isfinite().all()
+
+
+@pytest.mark.parametrize("name", GATED)
+def test_fake_kernels_compute_64_bit_shapes_lstm_and_gru(name):
+    """rnn_forward / _rnn_backward of LSTM (proj) and GRU under FakeTensorMode: more
+    than 2**31 elements, exact shapes of output, states, workspace and gradients."""
+    mode = MODES[name]
+    G = 4 if mode == "LSTM" else 3
+    P = 2 if name == "lstm_proj" else BIG_H
+    NL, D = 2, 2
+    with FakeTensorMode():
+        x = torch.empty(BIG_T, BIG_N, 3)
+        hx = [torch.empty(NL * D, BIG_N, P)] + (
+            [torch.empty(NL * D, BIG_N, BIG_H)] if mode == "LSTM" else [])
+        w = []
+        for layer in range(NL):
+            for _ in range(D):
+                w += [torch.empty(G * BIG_H, 3 if layer == 0 else D * P),
+                      torch.empty(G * BIG_H, P), torch.empty(G * BIG_H), torch.empty(G * BIG_H)]
+                w += [torch.empty(P, BIG_H)] if name == "lstm_proj" else []
+        proj = 2 if name == "lstm_proj" else 0
+        out, h_n, ws = ops.rnn_forward(x, hx, w, None, None, mode, True, NL, proj, True, True)
+        rows = BIG_T * BIG_N
+        assert out.shape == (BIG_T, BIG_N, D * P) and out.stride() == (BIG_N * D * P, D * P, 1)
+        assert [tuple(h.shape) for h in h_n] == [tuple(h.shape) for h in hx]
+        assert [tuple(t.shape) for t in ws] == [(NL - 1, rows, D * P), (NL, rows, D * G * BIG_H),
+                                                (NL, rows, D * BIG_H)]
+        assert ws[1].numel() > 2**31
+        gx, ghx, gw = ops._rnn_backward(out, list(h_n), x, hx, w, None, None, out, ws, mode,
+                                        True, NL, proj, True)
+        assert gx.shape == x.shape
+        assert [g.shape for g in ghx] == [h.shape for h in hx]
+        assert [g.shape for g in gw] == [t.shape for t in w]
+
+
+@pytest.mark.parametrize("name", GATED)
+def test_lstm_and_gru_on_meta_device_handle_64_bit_sizes(name):
+    _, rnnfast_cls, extra = CELLS[name]
+    module = rnnfast_cls(3, BIG_H, 2, bidirectional=True, device="meta", **extra)
+    x = torch.empty(BIG_T, BIG_N, 3, device="meta", requires_grad=True)
+    out, h_n = module(x)
+    P = state_width(module)
+    assert out.shape == (BIG_T, BIG_N, 2 * P) and out.device.type == "meta"
+    assert [h.shape for h in states(h_n)] == [(4, BIG_N, P)] + (
+        [(4, BIG_N, BIG_H)] if module.mode == "LSTM" else [])
+    (out.sum() + sum(h.sum() for h in states(h_n))).backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad.shape == p.shape for p in module.parameters())
+    cell_cls = rnnfast.LSTMCell if module.mode == "LSTM" else rnnfast.GRUCell
+    cell = cell_cls(2**14, 2**14, device="meta")
+    assert all(h.shape == (2**16, 2**14) for h in states(cell(torch.empty(2**16, 2**14,
+                                                                          device="meta"))))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import rnnfast
-from rnnfast import reference
+from helpers import OWN_FLOAT32_GEMMS, call_reference_forward
 
 T_LONG = 100_000
 N, I, H = 2, 3, 4
@@ -58,8 +58,8 @@ def test_100k_steps_forward_backward_and_chunking(nonlinearity, dtype):
     # The first steps against the float64 oracle.
     prefix = 300
     w64 = [w.detach().double() for w in rnn._flat_weights]
-    ref_out, ref_h = reference.rnn_forward(x[:prefix].detach().double(), hx.detach().double(),
-                                           w64, None, None, True, 1, nonlinearity, False)
+    ref_out, ref_h = call_reference_forward(x[:prefix].detach().double(), hx.detach().double(),
+                                            w64, None, None, True, 1, nonlinearity, False)
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(out[:prefix].detach().double(), ref_out, atol=tol, rtol=tol)
 
@@ -75,7 +75,7 @@ def test_100k_steps_forward_backward_and_chunking(nonlinearity, dtype):
         err = (a - e).abs().max().item()
         assert err <= (1e-4 if dtype == torch.float32 else 1e-10) * scale, (
             f"{name}: chunked gradient differs by {err:.3g}")
-    if dtype == torch.float32:
+    if dtype == torch.float32 and OWN_FLOAT32_GEMMS:
         # The float32 kernels add the h_n gradient of a chunk boundary in the same order
         # as the single run carries it, and dX is a per-row GEMM: input and hx gradients
         # are bitwise equal. (float64 goes through MKL, whose blocking depends on the
@@ -100,3 +100,38 @@ def test_100k_steps_bidirectional_two_layers_stays_finite(device):
     assert all(g.isfinite().all() for g in grads)
     # Reverse direction: its final state is its output at t = 0; forward: at t = T-1.
     assert torch.equal(out[0, :, H:], h_n[3]) and torch.equal(out[-1, :, :H], h_n[2])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_100k_steps_lstm_and_gru(cell):
+    """rnnfast.LSTM / GRU over 100,000 steps: finite results and gradients, the first
+    steps equal the float64 oracle, and two chunks (h_n, c_n of the first as the second's
+    initial state) give the single run's output and final states bitwise."""
+    torch.manual_seed(7)
+    module = (rnnfast.LSTM if cell == "lstm" else rnnfast.GRU)(I, H)
+    x = torch.randn(T_LONG, N, I, requires_grad=True)
+    h0 = torch.randn(1, N, H, requires_grad=True)
+    hx = (h0, torch.randn(1, N, H, requires_grad=True)) if cell == "lstm" else h0
+    states = list(hx) if cell == "lstm" else [hx]
+
+    out, h_n = module(x, hx)
+    finals = list(h_n) if cell == "lstm" else [h_n]
+    cotangents = [torch.randn_like(out)] + [torch.randn_like(h) for h in finals]
+    grads = torch.autograd.grad([out, *finals], [x, *states, *module.parameters()], cotangents)
+    for t in [out, *finals, *grads]:
+        assert t.isfinite().all()
+    assert torch.equal(out[-1], finals[0][0])
+
+    prefix = 300
+    w64 = [w.detach().double() for w in module._flat_weights]
+    ref_out, _ = rnnfast.reference.rnn_forward(
+        x[:prefix].detach().double(), [s.detach().double() for s in states], w64, None, None,
+        module.mode, True, 1, 0, False)
+    torch.testing.assert_close(out[:prefix].detach().double(), ref_out, atol=1e-5, rtol=1e-5)
+
+    half = T_LONG // 2
+    out1, h1 = module(x[:half], hx)
+    out2, h2 = module(x[half:], h1)
+    assert torch.equal(torch.cat([out1, out2]), out), "chunked output differs"
+    for a, b in zip(list(h2) if cell == "lstm" else [h2], finals, strict=True):
+        assert torch.equal(a, b), "chunked final state differs"

@@ -57,6 +57,9 @@ def _churn_steps():
     double = rnnfast.RNN(16, 32, 1, dtype=torch.float64)
     half = rnnfast.RNN(16, 32, 2, dtype=torch.bfloat16)
     cell = rnnfast.RNNCell(16, 32)
+    lstm = rnnfast.LSTM(16, 32, 2, proj_size=8, bidirectional=True)
+    gru = rnnfast.GRU(16, 32, 2, dropout=0.3).train()
+    lstm_cell, gru_cell = rnnfast.LSTMCell(16, 32), rnnfast.GRUCell(16, 32)
     lengths = torch.tensor([8, 6, 3, 1])
 
     def step_dense():
@@ -90,8 +93,31 @@ def _churn_steps():
     def step_no_backward():  # forward only, graph dropped
         dense(torch.randn(8, 4, 16, requires_grad=True))
 
+    def step_lstm_packed():
+        x = torch.randn(8, 4, 16, requires_grad=True)
+        out, (h_n, c_n) = lstm(pack_padded_sequence(x, lengths))
+        (out.data.sum() + h_n.sum() + c_n.sum()).backward()
+
+    def step_gru_dropout():
+        out, h_n = gru(torch.randn(8, 4, 16, requires_grad=True))
+        (out.sum() + h_n.sum()).backward()
+
+    def step_gated_cells():
+        h = g = torch.randn(4, 32, requires_grad=True)
+        c = torch.randn(4, 32)
+        for t in range(4):
+            h, c = lstm_cell(torch.randn(4, 16), (h, c))
+            g = gru_cell(torch.randn(4, 16), g)
+        (h.sum() + c.sum() + g.sum()).backward()
+
+    def step_gated_inference():
+        with torch.no_grad():
+            lstm(torch.randn(8, 4, 16))
+            gru(torch.randn(8, 4, 16))
+
     return [step_dense, step_packed, step_dropout, step_double, step_half, step_cell,
-            step_no_backward]
+            step_no_backward, step_lstm_packed, step_gru_dropout, step_gated_cells,
+            step_gated_inference]
 
 
 def test_rss_stays_flat_over_5000_forward_backward_calls():

@@ -1,8 +1,9 @@
-"""torch's own ModuleInfo samples for nn.RNN / nn.RNNCell, run on rnnfast.
+"""torch's own ModuleInfo samples for nn.RNN / LSTM / GRU and their cells, run on rnnfast.
 
 torch.testing._internal.common_modules.module_db describes, for every torch.nn module,
 sample constructor + forward inputs (with a reference function) and error inputs.
-Specification, for every sample of nn.RNN and nn.RNNCell (packed samples included):
+Specification, for every sample of nn.RNN, nn.LSTM, nn.GRU, nn.RNNCell, nn.LSTMCell and
+nn.GRUCell (packed samples included; LSTM's are with and without projections):
   * rnnfast's class built with the same constructor arguments under the same seed has
     bitwise-equal parameters, and its forward output equals the torch class's (train
     and eval mode) and the sample's reference function (the unbatched reference);
@@ -25,6 +26,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import rnnfast
+from conftest import DEVICES
 
 try:
     import expecttest  # noqa: F401  (common_utils imports it)
@@ -47,9 +49,12 @@ if not _flags_were_frozen:
     torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
     assert not torch.backends.flags_frozen()
 
-RNNFAST_OF = {nn.RNN: rnnfast.RNN, nn.RNNCell: rnnfast.RNNCell}
+RNNFAST_OF = {
+    nn.RNN: rnnfast.RNN, nn.LSTM: rnnfast.LSTM, nn.GRU: rnnfast.GRU,
+    nn.RNNCell: rnnfast.RNNCell, nn.LSTMCell: rnnfast.LSTMCell, nn.GRUCell: rnnfast.GRUCell,
+}
 INFO = {info.module_cls: info for info in module_db if info.module_cls in RNNFAST_OF}
-assert set(INFO) == set(RNNFAST_OF), "module_db lost its nn.RNN / nn.RNNCell entries"
+assert set(INFO) == set(RNNFAST_OF), "module_db lost one of its recurrent module entries"
 
 
 def samples(torch_cls, device="cpu", training=True, seed=0):
@@ -70,14 +75,28 @@ def sample_id(sample):
     ctor = sample.constructor_input
     fwd = sample.forward_input
     parts = [str(a) for a in ctor.args] + [f"{k}={v}" for k, v in ctor.kwargs.items()]
-    kinds = ["packed" if isinstance(a, PackedSequence) else "x".join(map(str, a.shape))
-             for a in fwd.args]
-    return ",".join(parts) + "|" + ",".join(kinds)
+
+    def kind(a):
+        if isinstance(a, PackedSequence):
+            return "packed"
+        if isinstance(a, (tuple, list)):  # LSTM's (h, c)
+            return "+".join(kind(t) for t in a)
+        return "x".join(map(str, a.shape))
+
+    return ",".join(parts) + "|" + ",".join(kind(a) for a in fwd.args)
+
+
+def _devices(cls):
+    """(device, marks) pairs a class's samples run on: every device of conftest.DEVICES for
+    the Elman classes; the CPU only for LSTM and GRU, which have no CUDA kernels yet
+    (test_gated_ops.py checks that they raise NotImplementedError there)."""
+    for d in DEVICES if cls in (nn.RNN, nn.RNNCell) else ["cpu"]:
+        yield (d, ()) if isinstance(d, str) else (d.values[0], d.marks)
 
 
 SAMPLE_PARAMS = [
-    pytest.param(cls, i, id=f"{cls.__name__}[{i}]:{sample_id(s)}")
-    for cls in RNNFAST_OF for i, s in enumerate(samples(cls))
+    pytest.param(device, cls, i, marks=marks, id=f"{device}-{cls.__name__}[{i}]:{sample_id(s)}")
+    for cls in RNNFAST_OF for device, marks in _devices(cls) for i, s in enumerate(samples(cls))
 ]
 ERROR_PARAMS = [
     pytest.param(cls, i, id=f"{cls.__name__}[{i}]:{e.error_type.__name__}:{e.error_regex[:40]}")
@@ -106,23 +125,38 @@ def flat_outputs(out):
 
 
 def leaves(args):
-    """The differentiable tensors of forward args (a PackedSequence contributes .data)."""
-    return [a.data if isinstance(a, PackedSequence) else a for a in args]
+    """The differentiable tensors of forward args (a PackedSequence contributes .data,
+    an (h, c) state tuple both tensors)."""
+    out = []
+    for a in args:
+        if isinstance(a, PackedSequence):
+            out.append(a.data)
+        elif isinstance(a, (tuple, list)):
+            out.extend(a)
+        else:
+            out.append(a)
+    return out
 
 
 def rebuild(args, tensors):
-    """forward args with their differentiable tensors replaced by `tensors`."""
+    """forward args with their differentiable tensors replaced by `tensors` (in the
+    order of leaves(args))."""
+    tensors = list(tensors)
     out = []
-    for a, t in zip(args, tensors, strict=True):
+    for a in args:
         if isinstance(a, PackedSequence):
-            out.append(PackedSequence(t, a.batch_sizes, a.sorted_indices, a.unsorted_indices))
+            out.append(PackedSequence(tensors.pop(0), a.batch_sizes, a.sorted_indices,
+                                      a.unsorted_indices))
+        elif isinstance(a, (tuple, list)):
+            out.append(type(a)(tensors.pop(0) for _ in a))
         else:
-            out.append(t)
+            out.append(tensors.pop(0))
+    assert not tensors
     return out
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("torch_cls,index", SAMPLE_PARAMS)
+@pytest.mark.parametrize("device,torch_cls,index", SAMPLE_PARAMS)
 def test_sample_forward_matches_torch(device, torch_cls, index, training):
     sample = samples(torch_cls, device, training)[index]
     ref, new = build_pair(torch_cls, sample, device, training)
@@ -159,20 +193,38 @@ def _check_gradients(torch_cls, index, device, second_order):
     assert check(fn, (*inputs, *params))  # check_batched_grad=True, fast_mode=True
 
 
-@pytest.mark.parametrize("torch_cls,index", SAMPLE_PARAMS)
+@pytest.mark.parametrize("device,torch_cls,index", SAMPLE_PARAMS)
 def test_sample_gradcheck(device, torch_cls, index):
     _check_gradients(torch_cls, index, device, second_order=False)
 
 
-# Second order on a subset that still covers every option (to keep the suite fast):
-# every cell sample, and for each (nonlinearity, bias, batch_first, bidirectional) of
-# the RNN (4 consecutive samples: no hx, hx, packed 2 sequences, packed 5 sequences)
-# one sample, cycling through hx, packed-2, hx, packed-5.
-GRADGRAD_PARAMS = [p for k, p in enumerate(SAMPLE_PARAMS)
-                   if p.values[0] is nn.RNNCell or k % 4 == (1, 2, 1, 3)[(k // 4) % 4]]
+# Second order costs seconds per sample: a subset that still covers every option value.
+# nn.GRU (options bias, batch_first, bidirectional; 4 samples per combination: no hx, hx,
+# packed 2 sequences, packed 5 sequences): the combinations FFF, FTT, TFT, TTF (each pair
+# of values of two options occurs), with hx, packed-2, hx, packed-5.
+# nn.LSTM (bias, batch_first, bidirectional, proj_size; 2 samples each: no hx, hx): the
+# combinations FFFF, FTTT, TFTT, TTFF (each value of each option twice), with and
+# without hx.
+GRADGRAD_INDICES = {nn.GRU: {1, 14, 21, 27}, nn.LSTM: {0, 15, 22, 25}}
 
 
-@pytest.mark.parametrize("torch_cls,index", GRADGRAD_PARAMS)
+def _gradgrad_subset(cls, k):
+    """Whether sample k of class cls runs gradgradcheck: every cell sample; for nn.RNN,
+    for each option combination (nonlinearity, bias, batch_first, bidirectional; the 4
+    samples above) one sample, cycling through hx, packed-2, hx, packed-5; for nn.GRU
+    and nn.LSTM the samples of GRADGRAD_INDICES."""
+    if cls is nn.RNN:
+        return k % 4 == (1, 2, 1, 3)[(k // 4) % 4]
+    if cls in GRADGRAD_INDICES:
+        return k in GRADGRAD_INDICES[cls]
+    return True
+
+
+GRADGRAD_PARAMS = [p for p in SAMPLE_PARAMS
+                   if _gradgrad_subset(p.values[1], p.values[2])]
+
+
+@pytest.mark.parametrize("device,torch_cls,index", GRADGRAD_PARAMS)
 def test_sample_gradgradcheck(device, torch_cls, index):
     _check_gradients(torch_cls, index, device, second_order=True)
 

@@ -1,4 +1,5 @@
-"""What an nn.Module must survive, checked on rnnfast.RNN and rnnfast.RNNCell.
+"""What an nn.Module must survive, checked on rnnfast.RNN and rnnfast.RNNCell, and (deepcopy,
+save/load, functional_call, weight_norm, dtype moves) on LSTM, GRU, LSTMCell and GRUCell.
 
 Each test applies a standard PyTorch transformation to an rnnfast module and checks
 that it still computes what the same transformation gives for torch.nn.RNN /
@@ -21,6 +22,8 @@ from torch.nn.utils import prune
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import rnnfast
+from cells import GATED, GATED_STEP, map_states, result_tensors, state_width
+from cells import make_pair as make_cell_pair
 
 F64 = dict(atol=1e-10, rtol=0)
 F32 = dict(atol=1e-5, rtol=1e-5)
@@ -349,3 +352,174 @@ def test_compile_fullgraph_cell_loop(device):
     torch.testing.assert_close(h_c, h_e, **F64)
     assert_same_outputs(_grads([h_c], [x, *cell.parameters()]),
                         _grads([h_e], [x, *cell.parameters()]))
+
+
+# ------------------------------------------------------------- LSTM, GRU and their cells
+# The same transformations on rnnfast.LSTM (with and without proj_size), rnnfast.GRU,
+# rnnfast.LSTMCell and rnnfast.GRUCell, each against the torch.nn module it replaces
+# (tests/cells.py builds the pair with bitwise-equal parameters).
+
+GATED_ALL = GATED + GATED_STEP
+
+
+def gated_pair(name, device, dtype=torch.float64):
+    """(torch module, rnnfast module) of cell `name`: sequence modules 2-layer
+    bidirectional with I=3, H=4 (>= 3, as lstm_proj's proj_size 2 needs); cells I=3, H=4."""
+    args = (3, 4) if name in GATED_STEP else (3, 4, 2)
+    kwargs = {} if name in GATED_STEP else dict(bidirectional=True)
+    return make_cell_pair(name, *args, device=device, dtype=dtype, **kwargs)
+
+
+def gated_input(module, device, dtype=torch.float64, seed=1):
+    """(x, hx) of a sequence module (L=5, N=2) or a cell (N=2), with hx given."""
+    gen = torch.Generator().manual_seed(seed)
+    draw = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64).to(  # noqa: E731
+        device, dtype)
+    if isinstance(module, nn.RNNCellBase):
+        h = draw(2, module.hidden_size)
+        return draw(2, 3), ((h, draw(2, module.hidden_size)) if is_lstm_cell(module) else h)
+    D = 2 if module.bidirectional else 1
+    h0 = draw(module.num_layers * D, 2, state_width(module))
+    hx = (h0, draw(module.num_layers * D, 2, module.hidden_size)) if module.mode == "LSTM" \
+        else h0
+    return draw(5, 2, 3), hx
+
+
+def is_lstm_cell(module):
+    return isinstance(module, (nn.LSTMCell, rnnfast.LSTMCell))
+
+
+def assert_live_flat_weights_if_sequence(module):
+    if isinstance(module, nn.RNNBase):
+        assert_live_flat_weights(module)
+
+
+# LSTM and GRU have no CUDA kernels yet (test_gated_ops.py checks that they raise
+# NotImplementedError there): their module tests run on the CPU on every machine.
+CPU_ONLY = pytest.mark.parametrize("device", ["cpu"])
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("name", GATED_ALL)
+def test_gated_deepcopy_and_torch_save_load(device, name):
+    ref, new = gated_pair(name, device)
+    x, hx = gated_input(new, device)
+    expected = result_tensors(new(x, hx))
+    assert_same_outputs(expected, result_tensors(ref(x, hx)))
+    clone = copy.deepcopy(new)
+    assert type(clone) is type(new) and repr(clone) == repr(new)
+    assert_same_outputs(result_tensors(clone(x, hx)), expected, dict(atol=0, rtol=0))
+    assert_live_flat_weights_if_sequence(clone)
+    assert not any(a is b for a, b in zip(clone.parameters(), new.parameters()))
+    with torch.no_grad():
+        next(clone.parameters()).mul_(2)  # weight_ih(_l0): the copy is independent
+    assert not torch.equal(result_tensors(clone(x, hx))[0], expected[0])
+    assert_same_outputs(result_tensors(new(x, hx)), expected, dict(atol=0, rtol=0))
+    # The whole module through torch.save / torch.load.
+    buffer = io.BytesIO()
+    torch.save(new, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is type(new) and repr(loaded) == repr(new)
+    assert_live_flat_weights_if_sequence(loaded)
+    assert_same_outputs(result_tensors(loaded(x, hx)), expected, dict(atol=0, rtol=0))
+    # The state_dict through torch.save(weights_only=True) into scrambled parameters.
+    buffer = io.BytesIO()
+    torch.save(new.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = copy.deepcopy(new)
+    for p in fresh.parameters():
+        p.data.uniform_()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert_same_outputs(result_tensors(fresh(x, hx)), expected, dict(atol=0, rtol=0))
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("name", GATED_ALL)
+def test_gated_functional_call_uses_the_given_tensors_then_reverts(device, name):
+    ref, new = gated_pair(name, device)
+    x, _ = gated_input(new, device)
+    before = result_tensors(new(x))
+    other = {n: randn(*p.shape, device=device, seed=i + 10).mul_(0.5).requires_grad_()
+             for i, (n, p) in enumerate(new.named_parameters())}
+    out = result_tensors(torch.func.functional_call(new, other, (x,)))
+    expected = result_tensors(torch.func.functional_call(ref, other, (x,)))
+    assert_same_outputs(out, expected)
+    grads = torch.autograd.grad(sum(t.sum() for t in out), list(other.values()))
+    grads_ref = torch.autograd.grad(sum(t.sum() for t in expected), list(other.values()))
+    assert_same_outputs(grads, grads_ref)
+    # All-zero weights and a zero initial state: every gate input is 0, so g (LSTM) / n
+    # (GRU) is tanh(0) = 0 and every state stays 0.
+    zeros = {n: torch.zeros_like(p) for n, p in new.named_parameters()}
+    assert all(t.abs().max() == 0
+               for t in result_tensors(torch.func.functional_call(new, zeros, (x,))))
+    assert_same_outputs(result_tensors(new(x)), before)  # back to its own parameters
+    assert_live_flat_weights_if_sequence(new)
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("name", GATED_ALL)
+def test_gated_weight_norm_parametrization(device, name):
+    ref, new = gated_pair(name, device)
+    if name in GATED_STEP:
+        targets = ["weight_hh", "weight_ih"]
+    else:
+        targets = ["weight_hh_l0", "weight_ih_l1"] + (["weight_hr_l0"] if name == "lstm_proj"
+                                                      else [])
+    for m in (ref, new):
+        for target in targets:
+            nn.utils.parametrizations.weight_norm(m, target)
+    new.load_state_dict(ref.state_dict())
+    x, hx = gated_input(new, device)
+    out_r, out_n = result_tensors(ref(x, hx)), result_tensors(new(x, hx))
+    assert_same_outputs(out_n, out_r)
+    originals = lambda m: [p for n, p in m.named_parameters() if "original" in n]  # noqa: E731
+    g_r = torch.autograd.grad(sum(t.sum() for t in out_r), originals(ref))
+    g_n = torch.autograd.grad(sum(t.sum() for t in out_n), originals(new))
+    assert len(g_n) == 2 * len(targets)
+    assert_same_outputs(g_n, g_r)
+    # Changing the magnitude parameter changes the output (the parametrization is live).
+    with torch.no_grad():
+        getattr(new.parametrizations, targets[0]).original0.mul_(3)
+    assert not torch.allclose(result_tensors(new(x, hx))[0], out_n[0])
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("name", GATED_ALL)
+def test_gated_to_dtype_and_double(device, name):
+    ref, new = gated_pair(name, device, dtype=torch.float32)
+    x, hx = gated_input(new, device)
+    for convert in (lambda m: m.double(), lambda m: m.to(torch.float64),
+                    lambda m: m.to(device=device, dtype=torch.float64)):
+        r, n = convert(copy.deepcopy(ref)), convert(copy.deepcopy(new))
+        assert all(p.dtype == torch.float64 for p in n.parameters())
+        assert_live_flat_weights_if_sequence(n)
+        out = result_tensors(n(x, hx))
+        assert all(t.dtype == torch.float64 for t in out)
+        assert_same_outputs(out, result_tensors(r(x, hx)))
+    back = copy.deepcopy(new).double().float()
+    x32, hx32 = x.float(), map_states(lambda t: t.float(), hx)
+    assert_same_outputs(result_tensors(back(x32, hx32)), result_tensors(new(x32, hx32)),
+                        dict(atol=0, rtol=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@CPU_ONLY
+@pytest.mark.parametrize("name", GATED_ALL)
+def test_gated_half_and_bfloat16(device, name, dtype):
+    # Tolerance: the error of the low-precision result against float64 math on the same
+    # (rounded) weights, input and state.
+    _, new = gated_pair(name, device, dtype=torch.float32)
+    new = new.half() if dtype == torch.float16 else new.bfloat16()
+    assert all(p.dtype == dtype for p in new.parameters())
+    assert_live_flat_weights_if_sequence(new)
+    x, hx = gated_input(new, device, dtype=dtype)
+    out = result_tensors(new(x, hx))
+    assert all(t.dtype == dtype for t in out)
+    exact = copy.deepcopy(new).double()
+    out64 = result_tensors(exact(x.double(), map_states(lambda t: t.double(), hx)))
+    tol = 4e-3 if dtype == torch.float16 else 3e-2
+    for a, e in zip(out, out64, strict=True):
+        torch.testing.assert_close(a.double(), e, atol=tol, rtol=0)
+    sum(t.float().sum() for t in out).backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in new.parameters())

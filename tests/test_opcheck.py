@@ -11,7 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import randn, rnn_op_inputs, seed_per_test  # noqa: F401  (autouse fixture)
+from helpers import (  # noqa: F401  (seed_per_test: autouse fixture)
+    call_rnn_double_backward,
+    call_rnn_forward,
+    randn,
+    rnn_double_backward_args,
+    rnn_backward_args,
+    rnn_forward_args,
+    rnn_op_inputs,
+    seed_per_test,
+)
 
 ops = torch.ops.rnnfast
 
@@ -50,6 +59,7 @@ def _sample_id(s):
 
 
 def _forward_args(sample, nonlinearity, requires_grad, device, seed=0):
+    """An Elman rnn_forward call in the old argument order (see helpers.rnn_forward_args)."""
     x, hx, weights, batch_sizes, masks = rnn_op_inputs(
         sample["packed"], sample["bidirectional"], sample["num_layers"], sample["has_biases"],
         device=device, masks=sample["masks"], seed=seed, N=sample["N"])
@@ -63,7 +73,8 @@ def _forward_args(sample, nonlinearity, requires_grad, device, seed=0):
 def test_opcheck_rnn_forward(sample, requires_grad, device):
     """rnn_forward passes opcheck (schema, autograd registration, fake kernel, AOT dispatch)."""
     nonlinearity = "relu" if sample["num_layers"] == 3 else "tanh"
-    _opcheck(ops.rnn_forward.default, _forward_args(sample, nonlinearity, requires_grad, device))
+    _opcheck(ops.rnn_forward.default,
+             rnn_forward_args(*_forward_args(sample, nonlinearity, requires_grad, device)))
 
 
 def test_opcheck_rnn_forward_batch_first_view(device):
@@ -72,7 +83,8 @@ def test_opcheck_rnn_forward_batch_first_view(device):
     x_bf = x.transpose(0, 1).contiguous().transpose(0, 1)  # time-major view of batch-first data
     assert not x_bf.is_contiguous()
     _opcheck(ops.rnn_forward.default,
-             (x_bf.requires_grad_(), hx, weights, None, None, True, 2, "tanh", True))
+             rnn_forward_args(x_bf.requires_grad_(), hx, weights, None, None, True, 2, "tanh",
+                              True))
 
 
 BACKWARD_SAMPLES = [
@@ -90,13 +102,13 @@ def test_opcheck_rnn_backward(sample, grads, requires_grad, device):
     requires_grad its (double-backward) autograd formula is checked too."""
     args = _forward_args(sample, "tanh", False, device, seed=1)
     x, hx, weights, batch_sizes, masks, *attrs = args
-    out, h_n, ws = ops.rnn_forward(*args)
+    out, h_n, ws = call_rnn_forward(*args)
     go = randn(*out.shape, device=device) if grads in ("both", "output") else None
     gh = randn(*h_n.shape, device=device) if grads in ("both", "h_n") else None
     go, gh = [None if t is None else _grad([t], requires_grad)[0] for t in (go, gh)]
     x, hx, *weights = _grad([x, hx, *weights], requires_grad)
     _opcheck(ops._rnn_backward.default,
-             (go, gh, x, hx, weights, batch_sizes, masks, out, ws, *attrs))
+             rnn_backward_args(go, gh, x, hx, weights, batch_sizes, masks, out, ws, *attrs))
 
 
 CELL_SAMPLES = [
@@ -147,17 +159,17 @@ def test_opcheck_rnn_double_backward(sample, device):
     keeps its schema's promises: no input mutated, no output aliasing an input."""
     x, hx, weights, batch_sizes, masks, *attrs = _forward_args(sample, "tanh", False, device,
                                                                seed=2)
-    out, h_n, _ = ops.rnn_forward(x, hx, weights, batch_sizes, masks, *attrs)
+    out, h_n, _ = call_rnn_forward(x, hx, weights, batch_sizes, masks, *attrs)
     gg = [randn(*t.shape, device=device) for t in (x, hx, *weights)]
     gg_weights = [None if i == 1 else g for i, g in enumerate(gg[2:])]
     args = (gg[0], None, gg_weights, randn(*out.shape, device=device), None, x, hx, weights,
             batch_sizes, masks, *attrs)
-    _opcheck(ops._rnn_double_backward.default, args)
+    _opcheck(ops._rnn_double_backward.default, rnn_double_backward_args(*args))
 
     inputs = [t for t in (gg[0], *gg_weights, args[3], x, hx, *weights, masks)
               if t is not None]
     before = [t.clone() for t in inputs]
-    g_go, g_ghn, g_x, g_h0, g_w = ops._rnn_double_backward(*args)
+    g_go, g_ghn, g_x, g_h0, g_w = call_rnn_double_backward(*args)
     assert [t.shape for t in (g_go, g_ghn, g_x, g_h0)] == [out.shape, h_n.shape, x.shape,
                                                            hx.shape]
     assert [g.shape for g in g_w] == [w.shape for w in weights]

@@ -16,7 +16,13 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import rnnfast
-from helpers import randn, rnn_op_inputs, seed_per_test  # noqa: F401  (autouse fixture)
+from helpers import (  # noqa: F401  (seed_per_test: autouse fixture)
+    call_rnn_backward,
+    call_rnn_forward,
+    randn,
+    rnn_op_inputs,
+    seed_per_test,
+)
 
 ops = torch.ops.rnnfast
 
@@ -289,15 +295,16 @@ OP_ERRORS = [
     ("weight-dtype", lambda: _fwd_args(weights=_swap(_W, 1, _W[1].double())),
      r"weights\[1\] \(weight_hh_l0\) must have the dtype of input"),
     ("weight-hh-rank", lambda: _fwd_args(weights=_swap(_W, 1, _f32(4))), r"weights\[1\]"),
-    ("hx-shape", lambda: _fwd_args(hx=_f32(4, 3, 5)), r"hx must have shape \[4, 3, 4\]"),
-    ("hx-dtype", lambda: _fwd_args(hx=randn(4, 3, 4)), r"hx must have the dtype of input"),
+    ("hx-shape", lambda: _fwd_args(hx=_f32(4, 3, 5)),
+     r"hx\[0\] must have shape \[4, 3, 4\], got \[4, 3, 5\]"),
+    ("hx-dtype", lambda: _fwd_args(hx=randn(4, 3, 4)), r"hx\[0\] must have the dtype of input"),
     ("input-rank", lambda: _fwd_args(input=_f32(5, 3)), r"input must be 3-D"),
     ("input-dtype-int", lambda: _fwd_args(input=torch.ones(5, 3, 3, dtype=torch.int64)),
      r"input must be a floating-point tensor"),
     ("seq-len-0", lambda: _fwd_args(input=_f32(0, 3, 3)),
      r"Expected sequence length to be larger than 0"),
-    ("nonlinearity", lambda: _fwd_args(nonlinearity="sigmoid"),
-     r"nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"),
+    ("mode", lambda: _fwd_args(nonlinearity="sigmoid"),
+     r"rnnfast: mode must be 'RNN_TANH', 'RNN_RELU', 'LSTM' or 'GRU', got 'sigmoid'"),
     ("num-layers", lambda: _fwd_args(num_layers=0), r"num_layers must be >= 1"),
     ("dropout-masks-shape", lambda: _fwd_args(dropout_masks=_f32(1, 14, 8)),
      r"dropout_masks must have shape \[1, 15, 8\]"),
@@ -323,7 +330,7 @@ OP_ERRORS = [
 def test_rnn_forward_op_rejects_bad_arguments(make_args, pattern):
     """rnn_forward raises a RuntimeError naming the bad argument (no crash, no garbage)."""
     with pytest.raises(RuntimeError, match=pattern):
-        ops.rnn_forward(**make_args())
+        call_rnn_forward(**make_args())
 
 
 def test_rnn_forward_op_rejects_half_on_cpu_or_runs_it():
@@ -332,7 +339,7 @@ def test_rnn_forward_op_rejects_half_on_cpu_or_runs_it():
     args["input"], args["hx"] = args["input"].half(), args["hx"].half()
     args["weights"] = [w.half() for w in args["weights"]]
     try:
-        out, h_n, _ = ops.rnn_forward(**args)
+        out, h_n, _ = call_rnn_forward(**args)
     except RuntimeError as e:
         assert "float32 and float64" in str(e)
     else:
@@ -341,7 +348,7 @@ def test_rnn_forward_op_rejects_half_on_cpu_or_runs_it():
 
 def _backward_args(**over):
     args = _fwd_args()
-    out, h_n, ws = ops.rnn_forward(**args)
+    out, h_n, ws = call_rnn_forward(**args)
     bw = dict(grad_output=torch.randn_like(out), grad_h_n=torch.randn_like(h_n),
               input=args["input"], hx=args["hx"], weights=args["weights"], batch_sizes=None,
               dropout_masks=None, output=out, workspace=ws, has_biases=True, num_layers=2,
@@ -354,11 +361,11 @@ BACKWARD_ERRORS = [
     ("grad-output-shape", lambda: _backward_args(grad_output=_f32(5, 3, 4)),
      r"grad_output must have shape \[5, 3, 8\]"),
     ("grad-h-n-shape", lambda: _backward_args(grad_h_n=_f32(4, 3, 5)),
-     r"grad_h_n must have shape \[4, 3, 4\]"),
+     r"grad_h_n\[0\] must have shape \[4, 3, 4\]"),
     ("grad-output-dtype", lambda: _backward_args(grad_output=randn(5, 3, 8)),
      r"grad_output must have the dtype of input"),
     ("workspace-shape", lambda: _backward_args(workspace=_f32(2, 15, 8)),
-     r"workspace must have shape \[1, 15, 8\]"),
+     r"workspace\[0\] must have shape \[1, 15, 8\]"),
     ("output-shape", lambda: _backward_args(output=_f32(5, 3, 4)),
      r"output must have shape \[5, 3, 8\]"),
     ("weight-count", lambda: _backward_args(weights=_W[:3]), r"expected 16 weight tensors"),
@@ -370,7 +377,7 @@ BACKWARD_ERRORS = [
 def test_rnn_backward_op_rejects_bad_arguments(make_args, pattern):
     """_rnn_backward raises a RuntimeError naming the bad argument."""
     with pytest.raises(RuntimeError, match=pattern):
-        ops._rnn_backward(**make_args())
+        call_rnn_backward(**make_args())
 
 
 def _cell(**over):

@@ -19,10 +19,14 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import rnnfast
+from cells import random_input
 from helpers import (
     GRAD_TARGETS,
     assert_all_close,
     assert_close,
+    call_reference_forward,
+    call_rnn_backward,
+    call_rnn_forward,
     forward_backward,
     grad_names,
     hidden_shape,
@@ -60,16 +64,8 @@ def _dtype_id(dtype):
     return str(dtype).replace("torch.", "")
 
 
-def _input(module, L, N, dtype, device, requires_grad=True):
-    """Random input for `module`: (L, N, H_in); (N, L, H_in) if batch_first; (L, H_in) if
-    N is None (unbatched)."""
-    if N is None:
-        shape = (L, module.input_size)
-    elif module.batch_first:
-        shape = (N, L, module.input_size)
-    else:
-        shape = (L, N, module.input_size)
-    return randn(*shape, dtype=dtype, device=device).requires_grad_(requires_grad)
+# Random input for a module: (L, N, H_in); (N, L, H_in) if batch_first; (L, H_in) if N is None.
+_input = random_input
 
 
 def _hx(module, N, dtype, device, requires_grad=True):
@@ -525,7 +521,7 @@ def test_dropout_masks_are_torch_dropout_masks(p, packed, device):
     masks = torch.stack([
         F.dropout(torch.ones(layer_shape, dtype=dtype, device=device), p, True) for _ in range(2)
     ]).reshape(2, -1, 8)
-    exp_out, exp_hn = rnnfast.reference.rnn_forward(
+    exp_out, exp_hn = call_reference_forward(
         x, hx, [w.detach() for w in m._flat_weights], batch_sizes, masks, True, 3, "tanh", True)
     torch.manual_seed(5)
     if packed:
@@ -663,10 +659,9 @@ def test_op_matches_reference_forward_and_backward(case, dtype, device):
             case["bidirectional"])
     leaves = [t.clone().requires_grad_() for t in (x, hx, *weights)]
     poison_heap()
-    out, h_n, workspace = torch.ops.rnnfast.rnn_forward(leaves[0], leaves[1], leaves[2:], *args)
+    out, h_n, workspace = call_rnn_forward(leaves[0], leaves[1], leaves[2:], *args)
     ref_leaves = [t.clone().requires_grad_() for t in (x, hx, *weights)]
-    ref_out, ref_hn = rnnfast.reference.rnn_forward(ref_leaves[0], ref_leaves[1], ref_leaves[2:],
-                                                    *args)
+    ref_out, ref_hn = call_reference_forward(ref_leaves[0], ref_leaves[1], ref_leaves[2:], *args)
     assert_close(out, ref_out, dtype, "output")
     assert_close(h_n, ref_hn, dtype, "h_n")
     rows = x.shape[0] if case["packed"] else x.shape[0] * x.shape[1]
@@ -687,7 +682,7 @@ def test_backward_op_treats_missing_grad_as_zero(missing, packed, device):
     x, hx, weights, batch_sizes, masks = rnn_op_inputs(packed, True, 2, True, dtype, device,
                                                   masks=True, seed=3)
     attrs = (True, 2, "tanh", True)
-    out, h_n, ws = torch.ops.rnnfast.rnn_forward(x, hx, weights, batch_sizes, masks, *attrs)
+    out, h_n, ws = call_rnn_forward(x, hx, weights, batch_sizes, masks, *attrs)
     go, gh = torch.randn_like(out), torch.randn_like(h_n)
     if missing == "grad_output":
         go_arg, gh_arg, go_zero, gh_zero = None, gh, torch.zeros_like(out), gh
@@ -695,16 +690,16 @@ def test_backward_op_treats_missing_grad_as_zero(missing, packed, device):
         go_arg, gh_arg, go_zero, gh_zero = go, None, go, torch.zeros_like(h_n)
     saved = [t.clone() for t in (x, hx, *weights, out, ws, go, gh)]
     poison_heap()
-    gi, ghx, gw = torch.ops.rnnfast._rnn_backward(go_arg, gh_arg, x, hx, weights, batch_sizes,
-                                                  masks, out, ws, *attrs)
-    gi0, ghx0, gw0 = torch.ops.rnnfast._rnn_backward(go_zero, gh_zero, x, hx, weights,
-                                                     batch_sizes, masks, out, ws, *attrs)
+    gi, ghx, gw = call_rnn_backward(go_arg, gh_arg, x, hx, weights, batch_sizes, masks, out, ws,
+                                    *attrs)
+    gi0, ghx0, gw0 = call_rnn_backward(go_zero, gh_zero, x, hx, weights, batch_sizes, masks, out,
+                                       ws, *attrs)
     for a, b in zip([gi, ghx, *gw], [gi0, ghx0, *gw0]):
         assert torch.equal(a, b)
     for before, after in zip(saved, (x, hx, *weights, out, ws, go, gh)):
         assert torch.equal(before, after)
     leaves = [t.clone().requires_grad_() for t in (x, hx, *weights)]
-    r_out, r_hn = rnnfast.reference.rnn_forward(leaves[0], leaves[1], leaves[2:], batch_sizes,
-                                                masks, *attrs)
+    r_out, r_hn = call_reference_forward(leaves[0], leaves[1], leaves[2:], batch_sizes, masks,
+                                         *attrs)
     ref = torch.autograd.grad((r_out, r_hn), leaves, (go_zero, gh_zero))
     assert_all_close([gi, ghx, *gw], list(ref), dtype, ["input", "hx"] + ["w"] * len(gw))
