@@ -93,6 +93,9 @@ void for_rows(int64_t rows, int64_t work_per_row, const Body& body) {
 // kernel reads: a cell (T = 1) would spend more on the copies than on the products.
 constexpr int64_t kTransposeMinSteps = 8;
 
+// Per-step BLAS products below this many multiply-adds run on one thread.
+constexpr int64_t kSmallStepFlops = int64_t(1) << 20;
+
 bool weights_in_place(const RnnSizes& s) {
   return s.T < kTransposeMinSteps && have_one_thread_blas();
 }
@@ -132,7 +135,12 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
       return;
     }
   }
-  gemm<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+  // BLAS: a small step on one thread (a fork/join per step costs more than it saves, and
+  // the result then does not depend on the thread count either).
+  if (M * N * K < kSmallStepFlops && have_one_thread_blas())
+    gemm_one_thread<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
 // dst (rows x width, contiguous) = the state each row of step p starts from: rows
