@@ -106,11 +106,19 @@ void add_row(int64_t n, const T* src, T* dst) {
   });
 }
 
+// h[j] = tanh(z[j] + bias[j]), j < n: the Elman cell's forward (z and h may alias).
+template <typename U, typename T>
+void tanh_bias_row(int64_t n, const T* z, const T* bias, T* h) {
+  U::for_units(n, [&](auto L, int64_t j) {
+    L.store(decltype(L)::tanh(L.load(z + j) + L.load(bias + j)), h + j);
+  });
+}
+
 // The rows above for unit loop U, as a RowKernels table.
 template <typename U, typename T>
 constexpr RowKernels<T> make_row_kernels() {
   return {&lstm_forward_row<U, T>, &gru_forward_row<U, T>, &lstm_backward_row<U, T>,
-          &gru_backward_row<U, T>, &add_row<U, T>};
+          &gru_backward_row<U, T>, &add_row<U, T>, &tanh_bias_row<U, T>};
 }
 
 }  // namespace rnnfast::cpu

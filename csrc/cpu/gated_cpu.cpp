@@ -67,18 +67,6 @@ struct VecUnits {
   }
 };
 
-// The rows the time loops call, chosen once per call: AVX-512 or AVX2 for float32
-// where the CPU has them, at::vec otherwise.
-template <typename T>
-const RowKernels<T>& best_rows() {
-  static constexpr RowKernels<T> vec_rows = make_row_kernels<VecUnits<T>, T>();
-  if constexpr (std::is_same_v<T, float>) {
-    if (const RowKernels<float>* rows = avx512::cell_rows()) return *rows;
-    if (const RowKernels<float>* rows = avx2::cell_rows()) return *rows;
-  }
-  return vec_rows;
-}
-
 // body(b) for the rows of a step, spread over threads when the step is large.
 template <typename Body>
 void for_rows(int64_t rows, int64_t work_per_row, const Body& body) {
@@ -262,6 +250,18 @@ void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T
 }
 
 }  // namespace
+
+template <typename T>
+const RowKernels<T>& best_rows() {
+  static constexpr RowKernels<T> vec_rows = make_row_kernels<VecUnits<T>, T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (const RowKernels<float>* rows = avx512::cell_rows()) return *rows;
+    if (const RowKernels<float>* rows = avx2::cell_rows()) return *rows;
+  }
+  return vec_rows;
+}
+template const RowKernels<float>& best_rows<float>();
+template const RowKernels<double>& best_rows<double>();
 
 template <typename T>
 void gated_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<at::Tensor>& hx,

@@ -17,7 +17,13 @@ struct RowKernels {
   void (*gru_backward)(int64_t H, const T* gates, const T* hn, const T* h_prev, const T* dh,
                        T* dGW, T* dGR, T* dh_prev);
   void (*add)(int64_t n, const T* src, T* dst);
+  void (*tanh_bias)(int64_t n, const T* z, const T* bias, T* h);  // Elman; z may be h
 };
+
+// The best rows for T on this CPU: AVX-512 or AVX2 for float32 where the CPU has them,
+// at::vec otherwise (gated_cpu.cpp).
+template <typename T>
+const RowKernels<T>& best_rows();
 
 // float32 rows compiled for AVX-512 (cell_rows_avx512.cpp) and for AVX2 + FMA
 // (cell_rows_avx2.cpp): null where this CPU lacks the instruction set.
