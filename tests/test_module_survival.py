@@ -74,6 +74,19 @@ def test_deepcopy(device):
     torch.testing.assert_close(copy.deepcopy(cell)(xc), cell(xc), atol=0, rtol=0)
 
 
+def state_dict_round_trip(module):
+    """A copy of `module` with scrambled parameters into which module's state_dict was
+    loaded back through torch.save / torch.load(weights_only=True)."""
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = copy.deepcopy(module)
+    for p in fresh.parameters():
+        p.data.uniform_()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh
+
+
 @pytest.mark.parametrize("what", ["RNN", "RNNCell"])
 def test_torch_save_and_load_of_the_module(device, what):
     torch.manual_seed(0)
@@ -95,13 +108,7 @@ def test_torch_save_and_load_of_the_module(device, what):
     else:
         torch.testing.assert_close(loaded(x), module(x), atol=0, rtol=0)
     # state_dict round trip through torch.save (weights_only=True) too
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    buffer.seek(0)
-    fresh = copy.deepcopy(module)
-    for p in fresh.parameters():
-        p.data.uniform_()
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh = state_dict_round_trip(module)
     out_a, out_b = fresh(x), module(x)
     torch.testing.assert_close(out_a[0] if what == "RNN" else out_a,
                                out_b[0] if what == "RNN" else out_b, atol=0, rtol=0)
@@ -424,13 +431,7 @@ def test_gated_deepcopy_and_torch_save_load(device, name):
     assert_live_flat_weights_if_sequence(loaded)
     assert_same_outputs(result_tensors(loaded(x, hx)), expected, dict(atol=0, rtol=0))
     # The state_dict through torch.save(weights_only=True) into scrambled parameters.
-    buffer = io.BytesIO()
-    torch.save(new.state_dict(), buffer)
-    buffer.seek(0)
-    fresh = copy.deepcopy(new)
-    for p in fresh.parameters():
-        p.data.uniform_()
-    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    fresh = state_dict_round_trip(new)
     assert_same_outputs(result_tensors(fresh(x, hx)), expected, dict(atol=0, rtol=0))
 
 
