@@ -199,9 +199,13 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
 // Per-call scratch of the forward time loops, sized once.
 template <typename T>
 struct ForwardScratch {
-  std::vector<T> h_prev, c_prev, rec, m;  // (N, P), (N, H), (N, G*H), (N, H)
+  // (N, P), (N, H) for LSTM, (N, G*H), (N, H) with proj_size
+  std::vector<T> h_prev, c_prev, rec, m;
   explicit ForwardScratch(const RnnSizes& s)
-      : h_prev(s.N * s.P), c_prev(s.N * s.H), rec(s.N * s.G * s.H), m(s.N * s.H) {}
+      : h_prev(s.N * s.P),
+        c_prev(s.cell == CellKind::Lstm ? s.N * s.H : 0),
+        rec(s.N * s.G * s.H),
+        m(s.has_proj ? s.N * s.H : 0) {}
 };
 
 // One direction of one layer. Y: the layer's output (rows, D*P); gates (rows, D*G*H)
