@@ -20,6 +20,7 @@ from torch.nn.functional import linear
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional as F_rnn
+from . import onnx as rnnfast_onnx
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -43,6 +44,24 @@ def _matmul_dtype_error(a: Tensor, b: Tensor) -> RuntimeError:
         f"mat1 and mat2 must have the same dtype, but got {_dtype_name(a.dtype)} and "
         f"{_dtype_name(b.dtype)}"
     )
+
+
+def _exporting_to_onnx() -> bool:
+    """True while torch.onnx.export traces the model, with either exporter (TorchScript: a
+    jit trace; dynamo: a torch.export). The exporters cannot translate rnnfast's ops: then
+    RNN, LSTM and GRU make their op call through rnnfast.onnx.sequence and the cells run
+    torch.nn's cell forward on their own parameters (see rnnfast/onnx.py)."""
+    # torch.onnx.is_in_onnx_export() costs microseconds, as much as a cell's whole Python
+    # overhead: the cheap checks go first.
+    if not (torch.compiler.is_exporting() or torch._C._get_tracing_state() is not None):
+        return False
+    if torch.onnx.is_in_onnx_export():
+        return True
+    # When torch.export's default (non-strict) capture fails, torch.onnx.export retries
+    # with its strict one (dynamo), which folds is_in_onnx_export() to False; the flag that
+    # function reads still tells. (Read defensively: it is private to torch.onnx.)
+    exporter = getattr(torch.onnx._internal, "exporter", None)
+    return bool(getattr(getattr(exporter, "_flags", None), "_is_onnx_exporting", False))
 
 
 # ---------------------------------------------------------------------------
@@ -169,7 +188,10 @@ class _FusedRNNBase(nn.RNNBase):
         states = self._state_list(hx, input, batch_sizes)
         states = self._check_devices_and_dtypes(input, states)
 
-        output, h_n = F_rnn._sequence(
+        sequence = F_rnn._sequence
+        if _exporting_to_onnx():
+            sequence = rnnfast_onnx.sequence  # the same call, as nodes ONNX exporters know
+        output, h_n = sequence(
             mode,
             input,
             states,
@@ -497,6 +519,8 @@ class RNNCell(nn.RNNCellBase):
         self.nonlinearity = nonlinearity
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if _exporting_to_onnx():
+            return nn.RNNCell.forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -574,6 +598,8 @@ class LSTMCell(nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, Tensor]:
+        if _exporting_to_onnx():
+            return nn.LSTMCell.forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
@@ -658,6 +684,8 @@ class GRUCell(nn.RNNCellBase):
         super().__init__(input_size, hidden_size, bias, num_chunks=3, **factory_kwargs)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        if _exporting_to_onnx():
+            return nn.GRUCell.forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
