@@ -9,7 +9,8 @@
 
 VENV        := .venv
 TORCH_PIN   := torch==2.13.0
-DEV_DEPS    := numpy ninja setuptools wheel pytest pytest-benchmark hypothesis expecttest matplotlib rich
+DEV_DEPS    := numpy ninja setuptools wheel pytest pytest-benchmark hypothesis expecttest matplotlib rich \
+               keras onnx onnxscript onnxruntime
 MAX_JOBS    ?= 2
 BENCH_ARGS  ?= --quick --cell all
 PYTEST_ARGS ?=
