@@ -119,7 +119,7 @@ std::vector<at::Tensor> contiguous_all(at::TensorList tensors);
 at::Tensor layer_input(int64_t layer, const at::Tensor& x2d, const at::Tensor& outputs,
                        const std::optional<at::Tensor>& masks);
 
-// The CPU kernels this machine runs (defined with them in cpu/rnn_cpu.cpp).
+// The CPU kernels this machine runs (defined in cpu/rnn_cpu.cpp).
 std::string cpu_kernels();
 
 // Persistent-kernel launches so far (bumped by the CUDA backend, read by the

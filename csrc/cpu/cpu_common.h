@@ -1,4 +1,4 @@
-// Helpers shared by the CPU kernels (rnn_cpu.cpp, gated_cpu.cpp).
+// Helpers shared by the CPU kernels.
 #pragma once
 
 #include <ATen/ATen.h>

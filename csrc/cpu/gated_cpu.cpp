@@ -1,22 +1,18 @@
-// CPU time loops of the gated cells (LSTM with proj_size, GRU): the generic engine.
+// Time loops of the gated cells (LSTM with proj_size, GRU) for the sequence driver
+// (sequence_cpu.h), which does the input projection and the weight gradients.
 //
-// Per layer and direction, on the time-major 2-D view (step t owns rows
-// [offsets[t], offsets[t] + batch_sizes[t]); direction d owns a column block of every
-// buffer):
-//   forward   Gates = X W_ih^T                          one GEMM over all rows
-//             per step:  Rec = h_prev W_hh^T            one GEMM (rows x G*H)
+// Per direction, on the time-major 2-D view:
+//   forward   per step:  Rec = h_prev W_hh^T            one GEMM (rows x G*H)
 //                        cell pointwise (kernels/cells.h) -> gates, c / hn, h or m
 //                        h = m W_hr^T  (LSTM with proj_size)
 //   backward  per step (reverse order): dh = dY + carried dh (or grad_h_n where the
 //             sequence ended), [dm = dh W_hr], cell pointwise backward -> dG_W, dG_R,
 //             carried dc / GRU's direct z*dh; carried dh (+)= dG_R W_hh
-//             then dW_ih = dG_W^T X, dW_hh = dG_R^T H_prev, dW_hr = dH^T M, the bias
-//             sums and dX = dG_W W_ih: one GEMM / reduction each over all rows.
 // The carried gradients live in grad_hx's rows (indexed by batch row b, which is the
 // same sequence at every step): after the last step they are grad_hx itself.
 // Nothing is allocated inside a time loop; every row of every step has one owner
 // (no reductions across threads), so results are deterministic.
-#include "gated_cpu.h"
+#include "sequence_cpu.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -76,17 +72,8 @@ void for_rows(int64_t rows, int64_t work_per_row, const Body& body) {
   });
 }
 
-// Below this many steps the forward multiplies by W_ih, W_hh and W_hr where they are
-// (single-thread BLAS, B transposed) instead of first copying the transposes the step
-// kernel reads: a cell (T = 1) would spend more on the copies than on the products.
-constexpr int64_t kTransposeMinSteps = 8;
-
 // Per-step BLAS products below this many multiply-adds run on one thread.
 constexpr int64_t kSmallStepFlops = int64_t(1) << 20;
-
-bool weights_in_place(const RnnSizes& s) {
-  return s.T < kTransposeMinSteps && have_one_thread_blas();
-}
 
 // C (M x N) (+)= A (M x K, row stride lda) @ B: the per-step GEMMs. B is K x N
 // row-major, or with trans_b N x K (then on one BLAS thread). float32 on AVX-512 uses
@@ -267,45 +254,6 @@ const RowKernels<T>& best_rows() {
 template const RowKernels<float>& best_rows<float>();
 template const RowKernels<double>& best_rows<double>();
 
-template <typename T>
-void gated_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<at::Tensor>& hx,
-                   const std::vector<at::Tensor>& weights,
-                   const std::optional<at::Tensor>& masks, const at::Tensor& out2d,
-                   const std::vector<at::Tensor>& h_n, const std::vector<at::Tensor>& workspace) {
-  const int64_t GH = s.G * s.H, NP = s.N * s.P, NH = s.N * s.H;
-  const bool lstm = s.cell == CellKind::Lstm;
-  // Without train the gates and c / hn of a layer are scratch, reused by every layer.
-  at::Tensor gates_scratch, aux_scratch;
-  if (!s.train) {
-    gates_scratch = at::empty({s.rows, s.D * GH}, x2d.options());
-    aux_scratch = at::empty({s.rows, s.D * s.H}, x2d.options());
-  }
-  ForwardScratch<T> scratch(s);
-  for (const auto layer : c10::irange(s.NL)) {
-    const at::Tensor X = layer_input(layer, x2d, workspace[0], masks).contiguous();
-    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[0][layer];
-    const at::Tensor G = s.train ? workspace[1][layer] : gates_scratch;
-    const at::Tensor A = s.train ? workspace[2][layer] : aux_scratch;
-    const int64_t I_l = s.layer_input_size(layer);
-    for (const auto d : c10::irange(s.D)) {
-      const GatedWeights<T> w = gather_gated_weights<T>(s, weights, layer, d, true);
-      const int64_t ld = layer * s.D + d;
-      T* Gp = G.mutable_data_ptr<T>() + d * GH;
-      if (w.in_place)
-        gemm_one_thread<T>(false, true, s.rows, GH, I_l, T(1), X.const_data_ptr<T>(), I_l,
-                           w.w_ih, I_l, T(0), Gp, s.D * GH);
-      else
-        gemm_any<T>(false, true, s.rows, GH, I_l, X.const_data_ptr<T>(), I_l, w.w_ih, I_l, T(0),
-                    Gp, s.D * GH);
-      forward_direction<T>(s, d, w, Y.mutable_data_ptr<T>(), G.mutable_data_ptr<T>(),
-                           A.mutable_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
-                           lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr,
-                           h_n[0].mutable_data_ptr<T>() + ld * NP,
-                           lstm ? h_n[1].mutable_data_ptr<T>() + ld * NH : nullptr, scratch);
-    }
-  }
-}
-
 // ---------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------
@@ -391,79 +339,70 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
   }
 }
 
-}  // namespace
-
 template <typename T>
-void gated_backward(const RnnSizes& s, const at::Tensor& x2d, const std::vector<at::Tensor>& hx,
-                    const std::vector<at::Tensor>& weights,
-                    const std::optional<at::Tensor>& masks, const at::Tensor& out2d,
-                    const std::vector<at::Tensor>& workspace, at::Tensor dY,
-                    const std::vector<at::Tensor>& grad_h_n, const at::Tensor& grad_x2d,
-                    const std::vector<at::Tensor>& grad_hx,
-                    const std::vector<at::Tensor>& grad_weights) {
-  const int64_t H = s.H, P = s.P, GH = s.G * s.H, NP = s.N * s.P, NH = s.N * s.H;
-  const bool lstm = s.cell == CellKind::Lstm;
-  BackwardScratch<T> sc(s, x2d.options());
-  for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
-    const at::Tensor X = layer_input(layer, x2d, workspace[0], masks).contiguous();
-    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[0][layer];
-    const int64_t I_l = s.layer_input_size(layer);
-    at::Tensor dX = layer == 0 ? grad_x2d : at::empty({s.rows, I_l}, x2d.options());
-    T* dYp = dY.mutable_data_ptr<T>();
-    for (const auto d : c10::irange(s.D)) {
-      const GatedWeights<T> w = gather_gated_weights<T>(s, weights, layer, d, false);
-      const int64_t ld = layer * s.D + d;
-      auto block = [&](const at::Tensor& t, int64_t size) -> const T* {
-        return t.defined() ? t.const_data_ptr<T>() + ld * size : nullptr;
-      };
-      backward_direction<T>(
-          s, d, w, Y.const_data_ptr<T>(), workspace[1][layer].const_data_ptr<T>(),
-          workspace[2][layer].const_data_ptr<T>(), hx[0].const_data_ptr<T>() + ld * NP,
-          lstm ? hx[1].const_data_ptr<T>() + ld * NH : nullptr, dYp, block(grad_h_n[0], NP),
-          lstm ? block(grad_h_n[1], NH) : nullptr, grad_hx[0].mutable_data_ptr<T>() + ld * NP,
-          lstm ? grad_hx[1].mutable_data_ptr<T>() + ld * NH : nullptr, sc);
+class GatedLoops final : public CellLoops<T> {
+ public:
+  GatedLoops(const RnnSizes& s, const std::vector<at::Tensor>& weights)
+      : s_(s), weights_(weights) {}
 
-      // Weight, bias and input gradients: one GEMM / reduction each over all rows.
-      const T* dGW = sc.dGW.template const_data_ptr<T>();
-      const T* dGR = sc.dGR.template const_data_ptr<T>();
-      gemm_any<T>(true, false, GH, I_l, s.rows, dGW, GH, X.const_data_ptr<T>(), I_l, T(0),
-                  grad_weights[s.weight_index(layer, d, 0)].mutable_data_ptr<T>(), I_l);
-      gemm_any<T>(true, false, GH, P, s.rows, dGR, GH, sc.h_prev.template const_data_ptr<T>(), P, T(0),
-                  grad_weights[s.weight_index(layer, d, 1)].mutable_data_ptr<T>(), P);
-      if (s.has_biases) {
-        at::Tensor db_ih = grad_weights[s.weight_index(layer, d, 2)];
-        at::Tensor db_hh = grad_weights[s.weight_index(layer, d, 3)];
-        at::sum_out(db_ih, sc.dGW, {0});
-        if (s.cell == CellKind::Gru) at::sum_out(db_hh, sc.dGR, {0});
-        else db_hh.copy_(db_ih);
-      }
-      if (s.has_proj)
-        gemm_any<T>(true, false, P, H, s.rows, dYp + d * P, s.D * P, sc.m.template const_data_ptr<T>(), H,
-                    T(0), grad_weights[s.w_hr_index(layer, d)].mutable_data_ptr<T>(), H);
-      gemm_any<T>(false, false, s.rows, I_l, GH, dGW, GH, w.w_ih, I_l, d == 0 ? T(0) : T(1),
-                  dX.mutable_data_ptr<T>(), I_l);
-    }
-    if (layer > 0) {
-      // The layer below's output gradient; dropout's backward is the same mask.
-      if (masks.has_value() && masks->defined()) dX.mul_((*masks)[layer - 1]);
-      dY = dX;
+  void forward(const LayerBuffers<T>& b) override {
+    if (!fwd_) fwd_.emplace(s_);
+    const int64_t NP = s_.N * s_.P, NH = s_.N * s_.H;
+    const bool lstm = s_.cell == CellKind::Lstm;
+    for (const auto d : c10::irange(s_.D)) {
+      const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, true);
+      forward_direction<T>(s_, d, w, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
+                           lstm ? b.hx[1] + d * NH : nullptr, b.h_n[0] + d * NP,
+                           lstm ? b.h_n[1] + d * NH : nullptr, *fwd_);
     }
   }
-}
 
-#define RNNFAST_INSTANTIATE(T)                                                                   \
-  template void gated_forward<T>(const RnnSizes&, const at::Tensor&,                             \
-                                 const std::vector<at::Tensor>&, const std::vector<at::Tensor>&, \
-                                 const std::optional<at::Tensor>&, const at::Tensor&,            \
-                                 const std::vector<at::Tensor>&,                                 \
-                                 const std::vector<at::Tensor>&);                                \
-  template void gated_backward<T>(                                                               \
-      const RnnSizes&, const at::Tensor&, const std::vector<at::Tensor>&,                        \
-      const std::vector<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,       \
-      const std::vector<at::Tensor>&, at::Tensor, const std::vector<at::Tensor>&,                \
-      const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&);
-RNNFAST_INSTANTIATE(float)
-RNNFAST_INSTANTIATE(double)
-#undef RNNFAST_INSTANTIATE
+  void backward(const LayerBuffers<T>& b,
+                c10::function_ref<void(int64_t, const GateGrads<T>&)> tail) override {
+    if (!bwd_) bwd_.emplace(s_, weights_[0].options());
+    BackwardScratch<T>& sc = *bwd_;
+    const int64_t NP = s_.N * s_.P, NH = s_.N * s_.H, GH = s_.G * s_.H;
+    const bool lstm = s_.cell == CellKind::Lstm;
+    auto block = [](const T* p, int64_t offset) { return p ? p + offset : nullptr; };
+    for (const auto d : c10::irange(s_.D)) {
+      const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, false);
+      backward_direction<T>(s_, d, w, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
+                            lstm ? b.hx[1] + d * NH : nullptr, b.dY, block(b.grad_h_n[0], d * NP),
+                            lstm ? block(b.grad_h_n[1], d * NH) : nullptr,
+                            b.grad_hx[0] + d * NP, lstm ? b.grad_hx[1] + d * NH : nullptr, sc);
+      GateGrads<T> g;
+      g.dGW = sc.dGW.template const_data_ptr<T>();
+      g.ldW = GH;
+      g.dGR = sc.dGR.template const_data_ptr<T>();
+      g.ldR = GH;
+      g.h_prev = sc.h_prev.template const_data_ptr<T>();
+      if (s_.has_proj) {
+        g.m = sc.m.template const_data_ptr<T>();
+        g.dH = b.dY + d * s_.P;
+        g.ldH = s_.D * s_.P;
+      }
+      tail(d, g);
+    }
+  }
+
+ private:
+  const RnnSizes& s_;
+  const std::vector<at::Tensor>& weights_;
+  std::optional<ForwardScratch<T>> fwd_;
+  std::optional<BackwardScratch<T>> bwd_;
+};
+
+}  // namespace
+
+
+template <typename T>
+std::unique_ptr<CellLoops<T>> make_gated_loops(const RnnSizes& s,
+                                               const std::vector<at::Tensor>& weights) {
+  return std::make_unique<GatedLoops<T>>(s, weights);
+}
+template std::unique_ptr<CellLoops<float>> make_gated_loops<float>(
+    const RnnSizes&, const std::vector<at::Tensor>&);
+template std::unique_ptr<CellLoops<double>> make_gated_loops<double>(
+    const RnnSizes&, const std::vector<at::Tensor>&);
 
 }  // namespace rnnfast::cpu

@@ -1,6 +1,6 @@
 // CUDA kernels of the rnnfast ops: the thin torch glue around the framework-free
 // core in kernels/rnn_cuda.cuh (csrc/cuda/*.cu). Same algorithm and row layout as
-// cpu/rnn_cpu.cpp; see the header comment there.
+// the CPU Elman path (cpu/sequence_cpu.h, cpu/elman_cpu.cpp).
 //
 // Forward, per layer: one GEMM projects the input of all steps for both directions
 // (X @ [W_ih_fwd; W_ih_rev]^T); then per step and direction one recurrent GEMM
