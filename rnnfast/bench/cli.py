@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from . import ort as ort_baseline
 from .configs import CELL_CLASSES, CELLS, SET_DOCS, SETS, get_set, parse_cells, parse_config, with_cells
 from .report import format_summary, format_tables, write_all
 from .runner import ERROR, FAILED, OK, Settings, run_benchmarks
@@ -93,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gflops", action="store_true",
                    help="skip the GFLOP/s comparison with torch.mm on the largest config")
     p.add_argument("--no-plot", action="store_true", help="do not write speedup.png")
+    p.add_argument("--ort", action="store_true",
+                   help="also time onnxruntime on the float32 CPU forward rows: the rnnfast module "
+                   "exported with torch.onnx.export(dynamo=False), torch's thread count as "
+                   "intra-op threads, checked against rnnfast first; adds 'ORT ms' and 'vs ORT' "
+                   "(needs onnxruntime and onnx)")
     p.add_argument("--progress", default="auto", choices=["auto", "rich", "tqdm", "plain"],
                    help="progress display (auto: rich, else tqdm, else plain lines)")
     p.add_argument("--list", action="store_true", help="list the configuration sets and exit")
@@ -154,13 +160,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from .machine import device_name
 
+    ort_note = ""
+    if args.ort:
+        try:
+            versions = ort_baseline.require()
+        except ImportError as e:
+            print(f"rnnfast.bench: {e}", file=sys.stderr)
+            return 2
+        ort_note = (f", onnxruntime {versions['onnxruntime']} baseline "
+                    f"({torch.get_num_threads()} intra-op threads)")
+        if device != "cpu" or "float32" not in dtypes or "fwd" not in args.modes:
+            print("rnnfast.bench: note: --ort times float32 forward rows on the CPU only; "
+                  "this run has none, so every row shows '-' for onnxruntime")
+
     print(f"rnnfast.bench: set {set_name} ({len(configs)} configs: "
           f"{', '.join(CELL_CLASSES[c] for c in args.cell)}) on {device} "
           f"[{device_name(device)}], dtypes {','.join(dtypes)}, modes "
           f"{', '.join(MODE_NAMES[m] for m in args.modes)}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+          f"{torch.get_num_threads()} threads{ort_note}", flush=True)
     doc = run_benchmarks(configs, device=device, dtypes=dtypes, modes=args.modes,
-                         settings=settings, set_name=set_name, progress=args.progress)
+                         settings=settings, set_name=set_name, progress=args.progress,
+                         ort=args.ort)
     doc["command"] = "python -m rnnfast.bench " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     print()
@@ -176,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     if counts[FAILED] or counts[ERROR]:
         print(f"rnnfast.bench: {counts[FAILED]} FAILED and {counts[ERROR]} ERROR row(s): "
               "rnnfast gave a wrong result or raised; see above", file=sys.stderr)
+        return 1
+    if "ort" in doc and (doc["ort"]["counts"][FAILED] or doc["ort"]["counts"][ERROR]):
+        # the exported model is rnnfast's ONNX export: a wrong or failing one is a bug too
+        print(f"rnnfast.bench: the onnxruntime baseline FAILED on {doc['ort']['counts'][FAILED]} "
+              f"and raised on {doc['ort']['counts'][ERROR]} row(s); see above", file=sys.stderr)
         return 1
     if not counts[OK]:
         print("rnnfast.bench: nothing was measured (every row UNSUPPORTED)", file=sys.stderr)

@@ -47,8 +47,23 @@ def _status(r: dict) -> str:
     return f"{r['status']}: {msg[:70]}{'...' if len(msg) > 70 else ''}"
 
 
+def _ort_cells(r: dict) -> list[str]:
+    """The "ORT ms" and "vs ORT" cells: numbers only for a timed row; FAILED / ERROR when
+    onnxruntime's check or export failed; "-" where it does not apply or did not run."""
+    status = r.get("ort_status")
+    if status == "ok":
+        return [_ms(r["ort_ms"]), f"{r['speedup_vs_ort']:.2f}x"]
+    if status in ("FAILED", "ERROR"):
+        return [status, "-"]
+    return ["-", "-"]
+
+
 def _table_rows(doc: dict, mode: str) -> tuple[list[str], list[list[str]]]:
-    header = ["config", "dtype", "torch ms", "rnnfast ms", "speedup", "tokens/s", "us/step", "noise"]
+    header = ["config", "dtype", "torch ms", "rnnfast ms", "speedup"]
+    with_ort = "ort" in doc  # --ort: onnxruntime's forward time and rnnfast's speedup over it
+    if with_ort:
+        header += ["ORT ms", "vs ORT"]
+    header += ["tokens/s", "us/step", "noise"]
     if mode == "fwdbwd":
         header += ["saved torch", "saved rnnfast"]
     cuda_paths = doc.get("device") == "cuda"
@@ -64,9 +79,11 @@ def _table_rows(doc: dict, mode: str) -> tuple[list[str], list[list[str]]]:
             r["label"], r["dtype"],
             _ms(r.get("torch_ms")), _ms(r.get("rnnfast_ms")),
             f"{r['speedup']:.2f}x" if ok else "-",
+            *(_ort_cells(r) if with_ort else []),
             _rate(r.get("rnnfast_tokens_per_s")) if ok else "-",
             f"{r['rnnfast_us_per_step']:.1f}" if ok else "-",
-            f"±{100 * r['noise']:.0f}%" if ok and math.isfinite(r.get("noise", math.nan)) else "-",
+            # noise is NaN under 4 repeats (None once read back from results.json)
+            f"±{100 * r['noise']:.0f}%" if ok and math.isfinite(r.get("noise") or math.nan) else "-",
         ]
         if mode == "fwdbwd":
             row += [_bytes(r.get("torch_saved_bytes")), _bytes(r.get("rnnfast_saved_bytes"))]
@@ -128,6 +145,37 @@ def _geomean_lines(doc: dict) -> list[str]:
     return lines
 
 
+def _ort_lines(doc: dict) -> list[str]:
+    if "ort" not in doc:
+        return []
+    info = doc["ort"]
+    opts = info["session_options"]
+    lines = []
+    for cell in doc["cells"]:
+        cls = CELL_CLASSES[cell]
+        g = doc["geomean_vs_ort"].get(f"{cell}/float32/fwd")
+        head = f"geomean speedup rnnfast.{cls} vs onnxruntime [float32, {doc['device']}, fwd]: "
+        if not g:
+            lines.append(head + "- (no row timed against onnxruntime)")
+            continue
+        missing = g["n_applicable"] - g["n"]
+        verdict = "met" if g["meets_target"] else "not met"
+        lines.append(head + f"{g['geomean_speedup']:.2f}x (n={g['n']}, min {g['min_speedup']:.2f}x"
+                     + (f", {missing} applicable row(s) not timed" if missing else "")
+                     + f"); target >= {info['target_min_speedup']:.1f}x at every shape and "
+                     f"geomean >= {info['target_geomean_speedup']:.1f}x: {verdict}")
+    lines.append(f"onnxruntime {info['onnxruntime']} (onnx {info['onnx']}): {info['exporter']} of "
+                 f"the timed rnnfast module, {opts['intra_op_num_threads']} intra-op thread(s), "
+                 f"{opts['inter_op_num_threads']} inter-op, sequential, CPU provider; float32 "
+                 "CPU forward rows only")
+    bad = [r for r in doc["results"] if r.get("ort_status") in ("FAILED", "ERROR")]
+    if bad:
+        lines.append(f"{len(bad)} onnxruntime baseline(s) FAILED or ERROR; no onnxruntime time "
+                     "is reported for them:")
+        lines += [f"  {r['label']} {r['dtype']}: {r['ort_status']}: {r['ort_message']}" for r in bad]
+    return lines
+
+
 def _gflops_lines(doc: dict) -> list[str]:
     lines = []
     for g in doc.get("gflops", []):
@@ -174,7 +222,7 @@ NOISY = 0.15  # median row noise above which the summary warns
 
 
 def format_summary(doc: dict) -> str:
-    lines = _geomean_lines(doc) + _gflops_lines(doc) + _reduced_lines(doc)
+    lines = _geomean_lines(doc) + _ort_lines(doc) + _gflops_lines(doc) + _reduced_lines(doc)
     noise = doc.get("median_noise")
     if noise is not None and noise > NOISY:
         m = doc["machine"]
@@ -241,6 +289,16 @@ def write_markdown(doc: dict, out_dir: str, plot_name: str | None) -> str:
         "states, and for fwd+bwd all gradients).",
         "",
     ]
+    if "ort" in doc:
+        lines[-1:] = [
+            "",
+            "ORT ms: onnxruntime running the timed rnnfast module exported with "
+            "torch.onnx.export(dynamo=False), in the same interleaved repeats; its outputs were "
+            "checked against rnnfast's forward first. vs ORT = ORT ms / rnnfast ms. "
+            "\"-\": onnxruntime does not apply to the row (forward+backward, not float32, "
+            "CUDA, proj_size) or the row was not timed.",
+            "",
+        ]
     for mode in doc["modes"]:
         header, rows = _table_rows(doc, mode)
         lines += [f"## {_TITLES[mode]}", "", _md_table(header, rows), ""]

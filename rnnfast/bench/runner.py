@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import CheckResult, check_workload, probe_dtype
+from . import ort as ort_baseline
+from .checks import TOLERANCES, CheckResult, check_workload, probe_dtype
 from .configs import Config
 from .machine import device_name, machine_info
 from .progress import make_progress
@@ -28,6 +29,10 @@ BF16_CPU_TARGET = 1.6  # the CPU-performance issue: bf16 fwd+bwd >= 1.6x our flo
 
 # Row statuses. Only "ok" rows carry timings; FAILED / ERROR make the CLI exit non-zero.
 OK, FAILED, ERROR, UNSUPPORTED = "ok", "FAILED", "ERROR", "UNSUPPORTED"
+# The onnxruntime baseline's status in a row (--ort): OK (timed), FAILED (wrong output),
+# ERROR (export or session failed), or one of these two without a number.
+ORT_NOT_APPLICABLE = "n/a"  # forward+backward, not float32, CUDA, proj_size
+ORT_NOT_RUN = "not run"  # applies, but rnnfast's row was not timed (FAILED, ERROR, ...)
 
 
 @dataclass
@@ -89,6 +94,17 @@ def _fill_timing(row: dict, cfg: Config, s: Samples) -> None:
         torch_ms_samples=[t * 1e3 for t in s.times["torch"]],
         rnnfast_ms_samples=[t * 1e3 for t in s.times["rnnfast"]],
     )
+    if ort_baseline.ORT in s.times:
+        t_ort = s.median_s(ort_baseline.ORT)
+        row.update(
+            ort_ms=t_ort * 1e3,
+            speedup_vs_ort=t_ort / t_fast,
+            speedup_vs_ort_paired_median=s.paired_ratio(ort_baseline.ORT, "rnnfast"),
+            ort_tokens_per_s=cfg.tokens / t_ort,
+            ort_us_per_step=t_ort / cfg.T * 1e6,
+            ort_noise=s.spread(ort_baseline.ORT),
+            ort_ms_samples=[t * 1e3 for t in s.times[ort_baseline.ORT]],
+        )
 
 
 PATH_ENV = "RNNFAST_PERSISTENT"
@@ -148,6 +164,55 @@ def _probe(cell: str, dtype_name: str, device: torch.device) -> tuple[str | None
     if fast_err:
         return None, f"rnnfast raised on a tiny {where}: {fast_err}"
     return None, None
+
+
+def _ort_fields(cfg: Config, dtype_name: str, device: torch.device, mode: str) -> dict:
+    """A row's onnxruntime fields before anything ran."""
+    why = ort_baseline.not_applicable(cfg, dtype_name, device.type, mode)
+    if why:
+        return {"ort_status": ORT_NOT_APPLICABLE, "ort_message": why}
+    return {"ort_status": ORT_NOT_RUN, "ort_message": "rnnfast's row was not timed"}
+
+
+def _ort_candidate(wl: Workload, row: dict) -> Callable[[], object] | None:
+    """One session.run of wl's rnnfast module exported to onnxruntime, to time beside
+    torch and rnnfast; None, with row["ort_status"] FAILED or ERROR and the reason, when
+    the export or the session fails or its output differs from rnnfast's."""
+    try:
+        baseline = ort_baseline.OrtBaseline(wl)
+        check = baseline.check(wl)
+    except Exception as e:  # noqa: BLE001 - reported in the row, the sweep goes on
+        row.update(ort_status=ERROR, ort_message=f"{type(e).__name__}: {e}".splitlines()[0])
+        return None
+    row["ort_check"] = check
+    if not check["ok"]:
+        row.update(ort_status=FAILED, ort_message="WRONG RESULT: " + "; ".join(check["failures"]))
+        return None
+    return baseline.fn()
+
+
+def _ort_summary(rows: list[dict], cells: list[str]) -> dict:
+    """Per cell: the geometric mean and minimum of rnnfast's forward speedup over
+    onnxruntime, against the targets (>= TARGET_MIN at every shape, geomean >=
+    TARGET_GEOMEAN). A cell none of whose rows was timed against onnxruntime is left out."""
+    out = {}
+    for cell in cells:
+        timed = [r for r in rows if r["cell"] == cell and r.get("ort_status") == OK]
+        if not timed:
+            continue
+        sp = [r["speedup_vs_ort"] for r in timed]
+        # every applicable row counts: one that FAILED has no speedup, so no target is met
+        applicable = [r for r in rows if r["cell"] == cell
+                      and r.get("ort_status") not in (None, ORT_NOT_APPLICABLE)]
+        g, low = geomean(sp), min(sp)
+        out[f"{cell}/float32/fwd"] = {
+            "cell": cell, "dtype": "float32", "mode": "fwd",
+            "geomean_speedup": g, "min_speedup": low, "n": len(sp),
+            "n_applicable": len(applicable),
+            "meets_target": len(sp) == len(applicable) and low >= ort_baseline.TARGET_MIN
+            and g >= ort_baseline.TARGET_GEOMEAN,
+        }
+    return out
 
 
 def _fwd_part_ok(check: CheckResult) -> bool:
@@ -252,10 +317,14 @@ def run_benchmarks(
     set_name: str = "custom",
     progress: str = "auto",
     log: Callable[[str], None] | None = None,
+    ort: bool = False,
 ) -> dict:
-    """Benchmark every (config, dtype, mode); returns the JSON-ready result document."""
+    """Benchmark every (config, dtype, mode); returns the JSON-ready result document.
+    ort: also time onnxruntime on the float32 CPU forward rows (rnnfast/bench/ort.py);
+    raises ImportError when onnxruntime or onnx is missing."""
     st = settings or Settings()
     device = torch.device(device)
+    ort_versions = ort_baseline.require() if ort else None
     modes = [m for m in ("fwd", "fwdbwd") if m in modes]
     rows: list[dict] = []
     t0 = time.perf_counter()
@@ -278,6 +347,9 @@ def run_benchmarks(
                     say(f"ERROR {key}: {err}")
             for cfg in configs:
                 new_rows = [_base_row(cfg, dtype_name, device, m) for m in modes]
+                if ort:
+                    for r in new_rows:
+                        r.update(_ort_fields(cfg, dtype_name, device, r["mode"]))
                 rows.extend(new_rows)
                 key = f"{cfg.cell}/{dtype_name}"
                 if key in unsupported or key in probe_errors:
@@ -315,12 +387,22 @@ def run_benchmarks(
                         fns = {"torch": wl.fn("torch", mode), "rnnfast": wl.fn("rnnfast", mode)}
                         if device.type == "cuda":
                             fns.update(_cuda_path_fns(wl, mode, device, r))
+                        if r.get("ort_status") == ORT_NOT_RUN:
+                            bar.describe(f"{cfg.label} {dtype_name}: exporting to onnxruntime")
+                            ort_fn = _ort_candidate(wl, r)
+                            if ort_fn is None:
+                                say(f"onnxruntime {r['ort_status']} {cfg.label}: {r['ort_message']}")
+                            else:
+                                fns[ort_baseline.ORT] = ort_fn
+                            bar.describe(f"{cfg.label} {dtype_name} {MODE_NAMES[mode]}")
                         s = interleaved(
                             fns, device, warmup=st.warmup, min_repeats=st.min_repeats,
                             max_repeats=st.max_repeats, budget_s=st.budget_s,
                             min_block_s=st.min_block_s,
                         )
                         _fill_timing(r, cfg, s)
+                        if "ort_ms" in r:
+                            r.update(ort_status=OK, ort_message="")
                         for name in ("per_step", "persistent"):
                             if name in s.times:
                                 r[f"{name}_ms"] = s.median_s(name) * 1e3
@@ -386,6 +468,19 @@ def run_benchmarks(
     noise = [r["noise"] for r in rows if r["status"] == OK and math.isfinite(r.get("noise", math.nan))]
     machine = machine_info(device)
     machine["loadavg_start"] = load_start
+    extra = {}
+    if ort:
+        extra["ort"] = {
+            **ort_versions,
+            "exporter": "torch.onnx.export(dynamo=False)",
+            "session_options": ort_baseline.session_options(torch.get_num_threads()),
+            "tolerance": TOLERANCES[torch.float32],
+            "target_min_speedup": ort_baseline.TARGET_MIN,
+            "target_geomean_speedup": ort_baseline.TARGET_GEOMEAN,
+            "counts": {status: sum(r["ort_status"] == status for r in rows)
+                       for status in (OK, FAILED, ERROR, ORT_NOT_APPLICABLE, ORT_NOT_RUN)},
+        }
+        extra["geomean_vs_ort"] = _ort_summary(rows, cells)
     return {
         "schema": SCHEMA,
         "set": set_name,
@@ -403,5 +498,6 @@ def run_benchmarks(
         "reduced_vs_float32": reduced,
         "unsupported": unsupported,
         "counts": counts,
+        **extra,
         "elapsed_s": time.perf_counter() - t0,
     }
