@@ -10,20 +10,25 @@
 #   (machine probe)           10 s    30 s  nvidia-smi, nvcc (5 s each), torch versions (20 s)
 #   build                    120 s   180 s  RNNFAST_CUDA=1 python setup.py build_ext --inplace,
 #                                           sm_90 only (TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16)
-#   test                      45 s    90 s  python -m pytest tests/test_cuda*.py (CUDA files
+#   test                      75 s    90 s  python -m pytest tests/test_cuda*.py (CUDA files
 #                                           only; the CPU suite and test_cuda_compile.py, nvcc
 #                                           without a GPU, are CI's job)
-#   bench-gpu                 40 s    60 s  python -m rnnfast.bench --set gpu --device cuda
+#   bench-gpu                 55 s    60 s  python -m rnnfast.bench --set gpu --device cuda
 #                                           --cell all, reduced repeats (BENCH_REDUCED)
-#   bench-gpu-persistent      30 s    60 s  the same with --set gpu-persistent
+#   bench-gpu-persistent      50 s    60 s  the same with --set gpu-persistent
 #   memcheck-step             20 s    40 s  compute-sanitizer --tool memcheck on
 #                                           scripts/sanitizer_case.py --path step
 #   memcheck-persistent       20 s    40 s  the same with --path persistent
-#   total                   ~285 s   500 s  (TIMEOUT_TOTAL; the limits add up to 500 s)
+#   total                   ~350 s   500 s  (TIMEOUT_TOTAL; the limits add up to 500 s)
 #
-# LSTM and GRU have no CUDA kernels yet: the benchmark shows them as UNSUPPORTED (it
-# treats NotImplementedError so) and sanitizer_case.py reports them as not checked;
-# neither fails the run. Once they have kernels, the bench steps take about 3x longer.
+# LSTM and GRU run on CUDA (per-step path; the persistent kernels are Elman-only): the
+# test step runs their cases in tests/test_cuda.py (reference, cuDNN, 16-bit, packed,
+# bidirectional, dropout, determinism, NaN-poisoned memory, CUDA graphs, T=100,000),
+# the benchmark measures all three cells (the gpu-persistent set's LSTM/GRU rows are
+# the per-step path) and sanitizer_case.py memchecks a small LSTM and GRU on both
+# paths. The test and bench predictions above are estimates made before their first
+# GPU run with LSTM/GRU kernels, close to their limits: raise TIMEOUT_TEST /
+# TIMEOUT_BENCH if a first run shows they need it.
 #
 # The optional second call (GPU_CHECK_CALL=2, racecheck and synccheck, right after the
 # first while the machine is warm, so that the build is incremental):
@@ -173,7 +178,7 @@ done
 predicted() {
   case $1 in
     build) echo 120 ;;  # a fresh machine; an incremental rebuild on a warm one takes ~5 s
-    test) echo 45 ;; bench-gpu) echo 40 ;; bench-*) echo 30 ;;
+    test) echo 75 ;; bench-gpu) echo 55 ;; bench-*) echo 50 ;;
     memcheck-*) echo 20 ;; racecheck-*) echo 30 ;; synccheck-*) echo 20 ;; cmake) echo 150 ;;
   esac
 }

@@ -1,11 +1,14 @@
 """CUDA-specific tests of the rnnfast kernels (skipped without a GPU).
 
-Oracles: the float64 CPU reference (rnnfast.reference) and cuDNN's nn.RNN with TF32
-off. The parity tests run both recurrence paths (RNNFAST_PERSISTENT=0/1); the
-persistent kernels have their own file, test_cuda_persistent.py. Also: bitwise determinism, eval-mode backward, gradients through only h_n or
-only the output, the current (non-default) stream, a second GPU, CUDA graphs, and
-float16 / bfloat16 tolerances. The device-independent semantics are covered by the
-`device`-parametrized tests in the other files.
+Oracles: the float64 CPU reference (rnnfast.reference) and cuDNN's nn.RNN / nn.LSTM /
+nn.GRU with TF32 off. The Elman parity tests run both recurrence paths
+(RNNFAST_PERSISTENT=0/1); the persistent kernels have their own file,
+test_cuda_persistent.py. Also: bitwise determinism, eval-mode backward, gradients
+through only h_n or only the output, the current (non-default) stream, a second GPU,
+CUDA graphs, and float16 / bfloat16 tolerances. The LSTM (with and without proj_size)
+and GRU section at the end covers the gated cells' per-step path the same way, plus
+NaN-poisoned memory and a T = 100,000 LSTM. The device-independent semantics are
+covered by the `device`-parametrized tests in the other files.
 """
 
 from __future__ import annotations
@@ -481,3 +484,449 @@ def test_compile_reduce_overhead(no_tf32):
             actual = compiled(x)
     torch.testing.assert_close(actual[0], expected[0], atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(actual[1], expected[1], atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# LSTM (with and without proj_size) and GRU: the gated cells' per-step path
+# ---------------------------------------------------------------------------
+#
+# Cases are float64 CPU tensors (cast per test) for torch.ops.rnnfast.rnn_forward with
+# any mode; the oracles are the float64 reference (rnnfast.reference) and cuDNN's
+# nn.LSTM / nn.GRU. The gated cells have no persistent kernels: RNNFAST_PERSISTENT=1
+# must still take the per-step path (test_gated_never_runs_persistent_kernels).
+
+
+@dataclasses.dataclass
+class GatedCase:
+    mode: str
+    x: torch.Tensor
+    hx: list  # [h0] or [h0, c0]
+    weights: list
+    batch_sizes: torch.Tensor | None
+    masks: torch.Tensor | None
+    grad_out: torch.Tensor
+    grad_hn: list  # one per state
+    has_biases: bool
+    num_layers: int
+    proj_size: int
+    bidirectional: bool
+
+
+def make_gated_case(mode, num_layers=1, bidirectional=False, bias=True, proj_size=0,
+                    lengths=None, dropout=0.0, T=7, N=5, I=6, H=33, seed=0) -> GatedCase:
+    g = torch.Generator().manual_seed(seed)
+    D = 2 if bidirectional else 1
+    G = {"LSTM": 4, "GRU": 3}[mode]
+    P = proj_size if proj_size > 0 else H
+    k = H**-0.5
+
+    def uniform(*shape):
+        return (torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * k
+
+    weights = []
+    for layer in range(num_layers):
+        I_l = I if layer == 0 else D * P
+        for _ in range(D):
+            weights += [uniform(G * H, I_l), uniform(G * H, P)]
+            if bias:
+                weights += [uniform(G * H), uniform(G * H)]
+            if proj_size > 0:
+                weights.append(uniform(P, H))
+    if lengths is None:
+        x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+        batch_sizes = None
+        out_shape = (T, N, D * P)
+    else:
+        N, T = len(lengths), max(lengths)
+        padded = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+        packed = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False)
+        x, batch_sizes = packed.data, packed.batch_sizes
+        out_shape = (x.shape[0], D * P)
+    rows = x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)
+    widths = [P, H] if mode == "LSTM" else [H]
+    hx = [torch.randn(num_layers * D, N, w, generator=g, dtype=torch.float64) * 0.5
+          for w in widths]
+    masks = None
+    if dropout and num_layers > 1:
+        keep = torch.rand(num_layers - 1, rows, D * P, generator=g, dtype=torch.float64) > dropout
+        masks = keep.double() / (1 - dropout)
+    grad_out = torch.randn(*out_shape, generator=g, dtype=torch.float64)
+    grad_hn = [torch.randn(num_layers * D, N, w, generator=g, dtype=torch.float64)
+               for w in widths]
+    return GatedCase(mode, x, hx, weights, batch_sizes, masks, grad_out, grad_hn, bias,
+                     num_layers, proj_size, bidirectional)
+
+
+def gated_forward(case: GatedCase, x, hx, ws, masks, *, use_reference=False, train=True):
+    """(output, h_n list) of the op (or of the float64 reference) on the given tensors."""
+    args = (x, hx, ws, case.batch_sizes, masks, case.mode, case.has_biases, case.num_layers,
+            case.proj_size, case.bidirectional)
+    if use_reference:
+        return reference.rnn_forward(*args)
+    out, h_n, _ = ops.rnn_forward(*args, train)
+    return out, list(h_n)
+
+
+def run_gated(case: GatedCase, device, dtype, *, use_reference=False, losses=("output", "h_n")):
+    """Forward + backward; returns [output, *h_n, grad_x, *grad_hx, *grad_weights].
+    losses: which results the loss reads: "output", "h_n" (and c_n for LSTM), "c_n"."""
+
+    def cast(t):
+        return None if t is None else t.to(device=device, dtype=dtype)
+
+    x = cast(case.x).requires_grad_()
+    hx = [cast(h).requires_grad_() for h in case.hx]
+    ws = [cast(w).requires_grad_() for w in case.weights]
+    out, h_n = gated_forward(case, x, hx, ws, cast(case.masks), use_reference=use_reference)
+    outputs, grads = [], []
+    if "output" in losses:
+        outputs.append(out)
+        grads.append(cast(case.grad_out))
+    for k, state in enumerate(h_n):
+        if "h_n" in losses or (k == 1 and "c_n" in losses):
+            outputs.append(state)
+            grads.append(cast(case.grad_hn[k]))
+    g = torch.autograd.grad(outputs, [x, *hx, *ws], grads, allow_unused=True)
+    g = [torch.zeros_like(t) if gi is None else gi for gi, t in zip(g, [x, *hx, *ws])]
+    return [out.detach(), *[h.detach() for h in h_n], *g]
+
+
+def gated_names(case: GatedCase):
+    states = ["h_n", "c_n"][: len(case.hx)]
+    return (["output", *states, "grad_input"] + [f"grad_{s}0" for s in ["h", "c"][: len(case.hx)]]
+            + [f"grad_weights[{i}]" for i in range(len(case.weights))])
+
+
+def assert_gated_close(actual, expected, case, *, atol, rtol):
+    assert len(actual) == len(expected) == len(gated_names(case))
+    for a, e, n in zip(actual, expected, gated_names(case)):
+        torch.testing.assert_close(a.double().cpu(), e.double().cpu(), atol=atol, rtol=rtol,
+                                   msg=lambda m, n=n: f"{n}: {m}")
+
+
+def assert_gated_low_precision_close(actual, expected, case, fwd_tol, grad_tol):
+    """As assert_low_precision_close: the forward results elementwise (relative to their
+    largest value), the gradients in relative Frobenius norm."""
+    n_fwd = 1 + len(case.hx)
+    for i, (a, e, n) in enumerate(zip(actual, expected, gated_names(case))):
+        a, e = a.double().cpu(), e.double().cpu()
+        assert torch.isfinite(a).all(), f"{n}: non-finite values"
+        if i < n_fwd:
+            err, tol = (a - e).abs().max().item(), fwd_tol * max(1.0, e.abs().max().item())
+        else:
+            err, tol = (a - e).norm().item(), grad_tol * max(1e-12, e.norm().item())
+        assert err <= tol, f"{n}: error {err:.3g} > {tol:.3g}"
+
+
+def round_gated_case(case: GatedCase, dtype) -> GatedCase:
+    """The case with every floating-point tensor rounded to dtype (kept in float64)."""
+
+    def r(t):
+        return t.to(dtype).double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    fields = {f.name: getattr(case, f.name) for f in dataclasses.fields(case)}
+    for name, value in fields.items():
+        fields[name] = [r(t) for t in value] if isinstance(value, list) else r(value)
+    return GatedCase(**fields)
+
+
+GATED_CASES = {
+    "lstm-uni-dense": dict(mode="LSTM"),
+    "lstm-proj-uni-dense": dict(mode="LSTM", proj_size=13),
+    "lstm-bi-nobias-2layers-dropout": dict(mode="LSTM", num_layers=2, bidirectional=True,
+                                           bias=False, dropout=0.4),
+    "lstm-proj-bi-3layers-packed-dropout": dict(mode="LSTM", num_layers=3, bidirectional=True,
+                                                proj_size=7, lengths=[7, 3, 5, 5, 1, 2],
+                                                dropout=0.3),
+    "lstm-proj-nobias-packed-equal": dict(mode="LSTM", proj_size=20, bias=False,
+                                          bidirectional=True, lengths=[3, 3, 3]),
+    "lstm-bi-wide": dict(mode="LSTM", bidirectional=True, T=4, N=9, I=40, H=70),
+    "gru-uni-dense": dict(mode="GRU"),
+    "gru-bi-nobias-2layers-dropout": dict(mode="GRU", num_layers=2, bidirectional=True,
+                                          bias=False, dropout=0.4),
+    "gru-bi-3layers-packed-dropout": dict(mode="GRU", num_layers=3, bidirectional=True,
+                                          lengths=[7, 3, 5, 5, 1, 2], dropout=0.3),
+    "gru-uni-2layers-packed": dict(mode="GRU", num_layers=2, lengths=[4, 6, 1, 6]),
+    "gru-bi-wide": dict(mode="GRU", bidirectional=True, T=4, N=9, I=40, H=70),
+}
+
+
+@pytest.mark.parametrize("name", list(GATED_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gated_matches_float64_reference(name, dtype, no_tf32):
+    case = make_gated_case(**GATED_CASES[name])
+    expected = run_gated(case, "cpu", torch.float64, use_reference=True)
+    actual = run_gated(case, "cuda", dtype)
+    for t in actual:
+        assert t.dtype == dtype and t.is_cuda
+    if dtype == torch.float64:
+        assert_gated_close(actual, expected, case, atol=1e-10, rtol=1e-9)
+    else:
+        # TF32 would be off by ~1e-3 here: this also checks the allow_tf32 flag is honoured.
+        assert_gated_close(actual, expected, case, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(GATED_CASES))
+@pytest.mark.parametrize(
+    "dtype,fwd_tol,grad_tol", [(torch.float16, 5e-3, 1e-2), (torch.bfloat16, 3e-2, 1e-1)]
+)
+def test_gated_half_precision(name, dtype, fwd_tol, grad_tol):
+    # Reference: float64 on the same 16-bit-rounded inputs, so only the kernels' error counts.
+    case = make_gated_case(**GATED_CASES[name])
+    expected = run_gated(round_gated_case(case, dtype), "cpu", torch.float64, use_reference=True)
+    actual = run_gated(case, "cuda", dtype)
+    for t in actual:
+        assert t.dtype == dtype
+    assert_gated_low_precision_close(actual, expected, case, fwd_tol, grad_tol)
+
+
+@pytest.mark.parametrize("losses", [("output",), ("h_n",), ("c_n",)], ids=lambda v: v[0])
+@pytest.mark.parametrize("name", ["lstm-proj-bi-3layers-packed-dropout", "gru-uni-dense",
+                                  "lstm-uni-dense"])
+def test_gated_grads_through_one_output(name, losses, no_tf32):
+    case = make_gated_case(**GATED_CASES[name])
+    if losses == ("c_n",) and case.mode != "LSTM":
+        losses = ("h_n",)
+    expected = run_gated(case, "cpu", torch.float64, use_reference=True, losses=losses)
+    actual = run_gated(case, "cuda", torch.float32, losses=losses)
+    assert_gated_close(actual, expected, case, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_gated_never_runs_persistent_kernels(mode, monkeypatch, no_tf32):
+    """RNNFAST_PERSISTENT=1 asks for the persistent kernels where they fit; they are
+    Elman-only, so the gated cells take the per-step path, with the same results."""
+    monkeypatch.setenv("RNNFAST_PERSISTENT", "1")
+    case = make_gated_case(mode, num_layers=2, bidirectional=True, lengths=[5, 2, 4])
+    expected = run_gated(case, "cpu", torch.float64, use_reference=True)
+    before = ops._persistent_launches()
+    actual = run_gated(case, "cuda", torch.float32)
+    torch.cuda.synchronize()
+    assert ops._persistent_launches() == before
+    assert_gated_close(actual, expected, case, atol=5e-5, rtol=1e-4)
+
+
+def test_gated_forward_without_train_matches_and_keeps_no_workspace(no_tf32):
+    """train=False (no grad needed): no saved gates, same outputs as with train=True, and
+    _rnn_backward refuses the workspace-less call as on the CPU."""
+    for name in ["lstm-proj-bi-3layers-packed-dropout", "gru-bi-3layers-packed-dropout"]:
+        case = make_gated_case(**GATED_CASES[name])
+        x, hx = case.x.float().cuda(), [h.float().cuda() for h in case.hx]
+        ws = [w.float().cuda() for w in case.weights]
+        masks = case.masks.float().cuda()
+        args = (x, hx, ws, case.batch_sizes, masks, case.mode, case.has_biases, case.num_layers,
+                case.proj_size, case.bidirectional)
+        out_t, hn_t, ws_t = ops.rnn_forward(*args, True)
+        out_e, hn_e, ws_e = ops.rnn_forward(*args, False)
+        assert len(ws_t) == 3 and len(ws_e) == 1
+        assert torch.equal(out_t, out_e)
+        for a, b in zip(hn_t, hn_e):
+            assert torch.equal(a, b)
+        with pytest.raises(RuntimeError, match="no saved gates"):
+            ops._rnn_backward(out_e, [None] * len(hx), x, hx, ws, case.batch_sizes, masks, out_e,
+                              ws_e, case.mode, case.has_biases, case.num_layers, case.proj_size,
+                              case.bidirectional)
+
+
+# cuDNN's nn.LSTM / nn.GRU against rnnfast.LSTM / GRU with the same parameters.
+CUDNN_GATED = [
+    ("LSTM", dict(num_layers=1), False),
+    ("LSTM", dict(num_layers=2, bidirectional=True), True),
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=16), False),
+    ("LSTM", dict(num_layers=3, proj_size=8, bias=False), True),
+    ("GRU", dict(num_layers=1), False),
+    ("GRU", dict(num_layers=2, bidirectional=True), True),
+    ("GRU", dict(num_layers=3, bidirectional=True, bias=False), False),
+]
+
+
+@pytest.mark.parametrize("mode,kw,packed", CUDNN_GATED)
+@pytest.mark.parametrize("dropout_in_eval", [False, True])
+def test_gated_matches_cudnn(mode, kw, packed, dropout_in_eval, no_tf32):
+    torch.manual_seed(0)
+    T, N, I, H = 9, 6, 10, 48
+    # Dropout between layers, which eval mode switches off (nn warns about it for one layer).
+    kw = dict(kw, dropout=0.5 if dropout_in_eval and kw["num_layers"] > 1 else 0.0)
+    torch_cls, ours_cls = (torch.nn.LSTM, rnnfast.LSTM) if mode == "LSTM" else (
+        torch.nn.GRU, rnnfast.GRU)
+    cudnn = torch_cls(I, H, **kw).cuda()
+    ours = ours_cls(I, H, **kw).cuda()
+    ours.load_state_dict(cudnn.state_dict())
+    if dropout_in_eval:  # eval mode: no dropout, gradients still flow
+        cudnn.eval()
+        ours.eval()
+    D = 2 if kw.get("bidirectional") else 1
+    P = kw.get("proj_size", 0) or H
+    x = torch.randn(T, N, I, device="cuda")
+    h0 = torch.randn(kw["num_layers"] * D, N, P, device="cuda")
+    c0 = torch.randn(kw["num_layers"] * D, N, H, device="cuda")
+    lengths = torch.tensor([9, 2, 5, 9, 1, 7])
+    results = []
+    for model in (cudnn, ours):
+        xi = x.clone().requires_grad_()
+        states = [h0.clone().requires_grad_()]
+        if mode == "LSTM":
+            states.append(c0.clone().requires_grad_())
+        inp = pack_padded_sequence(xi, lengths, enforce_sorted=False) if packed else xi
+        out, state_n = model(inp, tuple(states) if mode == "LSTM" else states[0])
+        state_n = list(state_n) if mode == "LSTM" else [state_n]
+        out_data = out.data if packed else out
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        go = torch.randn(out_data.shape, device="cuda", generator=gen)
+        gs = [torch.randn(s.shape, device="cuda", generator=gen) for s in state_n]
+        model.zero_grad()
+        torch.autograd.backward([out_data, *state_n], [go, *gs])
+        results.append([out_data.detach(), *[s.detach() for s in state_n], xi.grad,
+                        *[s.grad for s in states]] + [p.grad for p in model.parameters()])
+    for i, (a, e) in enumerate(zip(results[1], results[0])):
+        torch.testing.assert_close(a, e, atol=5e-5, rtol=1e-4, msg=lambda m, i=i: f"[{i}] {m}")
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_gated_modules_and_cells_run_on_cuda(mode, no_tf32):
+    """The modules end to end on CUDA (batch_first, unbatched input, default hx) and the
+    cells (one T = 1 call of the sequence op), against nn's on the same parameters."""
+    torch.manual_seed(2)
+    torch_cls, ours_cls = (torch.nn.LSTM, rnnfast.LSTM) if mode == "LSTM" else (
+        torch.nn.GRU, rnnfast.GRU)
+    cudnn = torch_cls(5, 12, num_layers=2, batch_first=True).cuda()
+    ours = ours_cls(5, 12, num_layers=2, batch_first=True).cuda()
+    ours.load_state_dict(cudnn.state_dict())
+    for x in (torch.randn(3, 8, 5, device="cuda"), torch.randn(8, 5, device="cuda")):
+        expected, actual = cudnn(x), ours(x)
+        torch.testing.assert_close(actual[0], expected[0], atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(actual[1], expected[1], atol=2e-5, rtol=1e-4)
+    cell_torch = (torch.nn.LSTMCell if mode == "LSTM" else torch.nn.GRUCell)(5, 12).cuda()
+    cell_ours = (rnnfast.LSTMCell if mode == "LSTM" else rnnfast.GRUCell)(5, 12).cuda()
+    cell_ours.load_state_dict(cell_torch.state_dict())
+    x = torch.randn(4, 5, device="cuda", requires_grad=True)
+    results = []
+    for cell in (cell_torch, cell_ours):
+        xi = x.detach().clone().requires_grad_()
+        out = cell(xi)
+        h = out[0] if mode == "LSTM" else out
+        (h.square().sum() + (out[1].sum() if mode == "LSTM" else 0)).backward()
+        results.append([h.detach(), xi.grad, *[p.grad for p in cell.parameters()]])
+        cell.zero_grad()
+    for a, e in zip(results[1], results[0]):
+        torch.testing.assert_close(a, e, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_gated_backward_after_eval_forward(mode, no_tf32):
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, dropout=0.5, bidirectional=True)
+    if mode == "LSTM":
+        kw["proj_size"] = 6
+    model = (rnnfast.LSTM if mode == "LSTM" else rnnfast.GRU)(5, 16, **kw).cuda().eval()
+    x = torch.randn(6, 3, 5, device="cuda", requires_grad=True)
+    out, state_n = model(x)
+    h_n = state_n[0] if mode == "LSTM" else state_n
+    (out.sum() + h_n.pow(2).sum()).backward()
+    params = list(model.parameters())
+    # Oracle: the float64 reference with the same weights and no dropout (eval mode).
+    x64 = x.detach().double().cpu().requires_grad_()
+    w64 = [p.detach().double().cpu().requires_grad_() for p in params]
+    P = kw.get("proj_size", 16)
+    hx = [torch.zeros(4, 3, P, dtype=torch.float64)]
+    if mode == "LSTM":
+        hx.append(torch.zeros(4, 3, 16, dtype=torch.float64))
+    o, h = reference.rnn_forward(x64, hx, w64, None, None, mode, True, 2, kw.get("proj_size", 0),
+                                 True)
+    (o.sum() + h[0].pow(2).sum()).backward()
+    torch.testing.assert_close(x.grad.double().cpu(), x64.grad, atol=5e-5, rtol=1e-4)
+    for p, r in zip(params, w64):
+        torch.testing.assert_close(p.grad.double().cpu(), r.grad, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_gated_deterministic(mode, dtype):
+    case = make_gated_case(mode, num_layers=3, bidirectional=True,
+                           lengths=[30, 17, 30, 4, 22, 9, 30, 1], dropout=0.2, I=24, H=96,
+                           proj_size=40 if mode == "LSTM" else 0)
+    first = run_gated(case, "cuda", dtype)
+    for _ in range(2):
+        again = run_gated(case, "cuda", dtype)
+        for a, b, n in zip(again, first, gated_names(case)):
+            assert torch.equal(a, b), f"{n} differs between identical runs"
+
+
+def poison_cuda_cache(value: float) -> None:
+    """Fills memory the caching allocator will hand out next with `value`: blocks of the
+    small (<= 1 MiB) and large pools are allocated, filled and freed (kept cached)."""
+    blocks = [torch.empty(2**18, device="cuda") for _ in range(64)]  # 1 MiB each
+    blocks += [torch.empty(2**22, device="cuda") for _ in range(8)]  # 16 MiB each
+    for b in blocks:
+        b.fill_(value)
+    torch.cuda.synchronize()
+    del blocks
+
+
+@pytest.mark.parametrize("name", ["lstm-proj-bi-3layers-packed-dropout", "lstm-uni-dense",
+                                  "gru-bi-3layers-packed-dropout"])
+def test_gated_reads_no_uninitialised_memory(name, no_tf32):
+    """Every buffer the kernels read was written first: with the allocator's memory
+    filled with NaN before the call, results are finite and bitwise equal to those after
+    filling it with zeros (uninitialised reads would give NaN or differ)."""
+    case = make_gated_case(**GATED_CASES[name])
+    poison_cuda_cache(0.0)
+    clean = run_gated(case, "cuda", torch.float32)
+    poison_cuda_cache(float("nan"))
+    poisoned = run_gated(case, "cuda", torch.float32)
+    for a, b, n in zip(poisoned, clean, gated_names(case)):
+        assert torch.isfinite(a).all(), f"{n}: non-finite values after NaN poisoning"
+        assert torch.equal(a, b), f"{n} depends on what the memory held before"
+
+
+def gated_capture_and_replay(case: GatedCase):
+    """Captures forward + backward (the ops, not autograd) of case in float32 in a CUDA
+    graph after warm-up on a side stream, replays it on new input, and returns the
+    replayed results and the eager results for that input."""
+    x = case.x.float().cuda()
+    hx = [h.float().cuda() for h in case.hx]
+    ws = [w.float().cuda() for w in case.weights]
+    go = case.grad_out.float().cuda()
+    ghn = [g.float().cuda() for g in case.grad_hn]
+    attrs = (case.mode, case.has_biases, case.num_layers, case.proj_size, case.bidirectional)
+
+    def step():
+        out, h_n, workspace = ops.rnn_forward(x, hx, ws, case.batch_sizes, None, *attrs, True)
+        grad_x, grad_hx, grad_w = ops._rnn_backward(go, ghn, x, hx, ws, case.batch_sizes, None,
+                                                    out, workspace, *attrs)
+        return [out, *h_n, grad_x, *grad_hx, *grad_w]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    new_x = torch.randn_like(x)
+    x.copy_(new_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = [t.clone() for t in static]
+    eager = step()
+    return replayed, eager
+
+
+@pytest.mark.parametrize("name", ["lstm-proj-bi-3layers-packed-dropout", "gru-bi-wide"])
+def test_gated_cuda_graph_capture(name, no_tf32):
+    case = make_gated_case(**GATED_CASES[name])
+    replayed, eager = gated_capture_and_replay(case)
+    for a, b, n in zip(replayed, eager, gated_names(case)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_lstm_long_sequence(no_tf32):
+    """T = 100,000 steps of a small LSTM (forward + BPTT) against the float64 CPU kernels
+    (which test_gated_parity.py holds to the reference): no drift, no overflow of row
+    offsets, nothing lost over a long loop of launches."""
+    case = make_gated_case("LSTM", T=100_000, N=2, I=3, H=8, seed=5)
+    expected = run_gated(case, "cpu", torch.float64)
+    actual = run_gated(case, "cuda", torch.float32)
+    assert_gated_low_precision_close(actual, expected, case, fwd_tol=1e-4, grad_tol=1e-4)

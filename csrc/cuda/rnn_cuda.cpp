@@ -1,6 +1,8 @@
 // CUDA kernels of the rnnfast ops: the thin torch glue around the framework-free
 // core in kernels/rnn_cuda.cuh (csrc/cuda/*.cu). Same algorithm and row layout as
-// the CPU Elman path (cpu/sequence_cpu.h, cpu/elman_cpu.cpp).
+// the CPU engine (cpu/sequence_cpu.h, cpu/elman_cpu.cpp, cpu/gated_cpu.cpp). The
+// Elman cell is described here; the gated cells (LSTM, GRU) have their own driver
+// further down ("Gated cells"), per-step only.
 //
 // Forward, per layer: one GEMM projects the input of all steps for both directions
 // (X @ [W_ih_fwd; W_ih_rev]^T); then per step and direction one recurrent GEMM
@@ -234,6 +236,7 @@ constexpr int64_t kAutoPersistentMaxRows = 64;
 // Whether this call's recurrence (forward or backward) runs the persistent kernels.
 template <typename T>
 bool use_persistent(const RnnSizes& s, c10::Device device, bool backward) {
+  if (!is_elman(s.cell)) return false;  // the persistent kernels are Elman-only so far
   if constexpr (std::is_same_v<T, double>) {
     return false;  // float64 is for gradcheck; the per-step path serves it
   } else {
@@ -543,20 +546,399 @@ void backward_impl(const RnnSizes& s, const at::Tensor& x2d, const at::Tensor& h
 }
 
 // ---------------------------------------------------------------------------
+// Gated cells (LSTM with proj_size, GRU): the per-step path
+// ---------------------------------------------------------------------------
+//
+// The same shape as the Elman driver above (layer loop, dropout through layer_input,
+// one projection GEMM for both directions, two streams, weight-gradient tail per
+// direction, one dX GEMM), written next to it so that the Elman code stays as tested.
+// Buffers: the gates (rows, D*G*H) and c / hn (rows, D*H) are the workspace's with
+// train, else scratch reused by every layer (as on the CPU, cpu/sequence_cpu.cpp).
+//
+// Forward, per step and direction (StepPlan, kernels/cells.h):
+//   rec = h_prev W_hh^T          one GEMM per source of h_prev (the previous step's
+//                                rows, h0's rows): no gather
+//   cell kernel                  gates, c / hn, m (LSTM) or h (GRU), c_n rows
+//   h = m W_hr^T                 LSTM with proj_size, one GEMM into the output rows
+//   h_n rows                     a copy, where sequences end
+// Backward, per step (reverse) and direction:
+//   [dh = dY + carried, dm = dH W_hr]   proj_size only (a kernel and a GEMM); otherwise
+//                                       dh is formed inside the cell kernel
+//   cell kernel                  dG_W, dG_R (GRU), carried dc, GRU's direct carry
+//                                dh z, gather of h_prev, m (proj_size)
+//   carried dh (+)= dG_R W_hh    one GEMM into grad_hx's rows
+// then per direction dW_ih = dG_W^T X, dW_hh = dG_R^T H_prev, [dW_hr = dH^T M], the
+// bias gradients (column sums), and dX = dG_W [W_ih_fwd; W_ih_rev] (one GEMM).
+// float16 / bfloat16: every buffer (gates, c, hn, rec, the carried gradients) is in
+// the input's dtype, as the Elman path keeps its pre-activations and dZ; the cell
+// math and the GEMMs accumulate in float32, and the bias column sums use a float32
+// scratch.
+
+// One layer-direction's weights.
+template <typename T>
+struct GatedWeights {
+  const T* w_hh = nullptr;  // (G*H, P)
+  const T* b_ih = nullptr;  // (G*H) or nullptr
+  const T* b_hh = nullptr;
+  const T* w_hr = nullptr;  // (P, H) or nullptr
+};
+
+template <typename T>
+GatedWeights<T> gated_weights(const RnnSizes& s, const std::vector<at::Tensor>& w, int64_t layer,
+                              int64_t d) {
+  GatedWeights<T> g;
+  g.w_hh = w[s.weight_index(layer, d, 1)].const_data_ptr<T>();
+  if (s.has_biases) {
+    g.b_ih = w[s.weight_index(layer, d, 2)].const_data_ptr<T>();
+    g.b_hh = w[s.weight_index(layer, d, 3)].const_data_ptr<T>();
+  }
+  if (s.has_proj) g.w_hr = w[s.w_hr_index(layer, d)].const_data_ptr<T>();
+  return g;
+}
+
+// One layer's buffers as the step functions see them (whole rows; direction d's
+// columns are selected inside). h0 / c0 / h_n / c_n / grad_* are this layer's blocks
+// of the (NL*D, N, width) tensors; direction d's is at + d*N*width.
+template <typename T>
+struct GatedLayer {
+  const T* h0 = nullptr;   // (D, N, P)
+  const T* c0 = nullptr;   // (D, N, H), LSTM
+  T* Y = nullptr;          // (rows, D*P): the layer's output
+  T* gates = nullptr;      // (rows, D*G*H)
+  T* aux = nullptr;        // (rows, D*H): c or hn
+  // forward
+  T* h_n = nullptr;        // (D, N, P)
+  T* c_n = nullptr;        // (D, N, H), LSTM
+  T* rec = nullptr;        // (D, N, G*H) scratch
+  T* m = nullptr;          // (D, N, H) scratch (proj_size) in the forward; (D, rows, H)
+                           // in the backward (M, for dW_hr)
+  // backward
+  T* dY = nullptr;         // (rows, D*P): output gradient in, dH out
+  const T* grad_h_n = nullptr;  // (D, N, P) or nullptr
+  const T* grad_c_n = nullptr;  // (D, N, H) or nullptr
+  T* grad_hx = nullptr;    // (D, N, P): the carried dh, then grad_h0
+  T* grad_cx = nullptr;    // (D, N, H): the carried dc, then grad_c0
+  T* dGW = nullptr;        // (rows, D*G*H)
+  T* dGR = nullptr;        // (rows, D*G*H): GRU's; LSTM's is dGW
+  T* H_prev = nullptr;     // (D, rows, P)
+  T* dM = nullptr;         // (D, N, H) scratch (proj_size)
+};
+
+template <typename T>
+const T* block_of(const T* p, int64_t offset) {
+  return p != nullptr ? p + offset : nullptr;
+}
+template <typename T>
+T* block_of(T* p, int64_t offset) {
+  return p != nullptr ? p + offset : nullptr;
+}
+
+template <typename T>
+void gated_forward_step(const RnnSizes& s, int64_t d, int64_t i, const GatedWeights<T>& w,
+                        const GatedLayer<T>& L, c10::Device device, cudaStream_t stream) {
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H;
+  const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
+  const bool lstm = s.cell == CellKind::Lstm;
+  const StepPlan p = s.plan(d, i);
+  T* Yd = L.Y + d * P;
+  T* Gd = L.gates + d * GH;
+  T* Ad = L.aux + d * H;
+  const T* h0 = L.h0 + d * s.N * P;
+  T* rec = L.rec + d * s.N * GH;
+  T* m = block_of(L.m, d * s.N * H);
+
+  // rec = h_prev W_hh^T: rows < split continue from the previous step, the rest from h0.
+  gemm<T>(false, true, p.split, GH, P, Yd + p.prev_offset * ldY, ldY, w.w_hh, P, false, rec, GH,
+          device);
+  gemm<T>(false, true, p.rows - p.split, GH, P, h0 + p.split * P, P, w.w_hh, P, false,
+          rec + p.split * GH, GH, device);
+
+  GatedForwardParams<cu_t<T>> q;
+  q.rows = p.rows;
+  q.H = H;
+  q.gates = cu(Gd + p.offset * ldG);
+  q.ld_gates = ldG;
+  q.rec = cu(static_cast<const T*>(rec));
+  q.ld_rec = GH;
+  q.b_ih = cu(w.b_ih);
+  q.b_hh = cu(w.b_hh);
+  q.prev_split = p.split;
+  if (lstm) {  // c_prev
+    q.prev_a = cu(static_cast<const T*>(Ad + p.prev_offset * ldA));
+    q.ld_prev_a = ldA;
+    q.prev_b = cu(L.c0 + d * s.N * H);
+    q.ld_prev_b = H;
+    q.state_n = cu(L.c_n + d * s.N * H);
+    q.n_begin = p.end_begin;
+    q.n_end = p.end_end;
+  } else {  // h_prev (P == H)
+    q.prev_a = cu(static_cast<const T*>(Yd + p.prev_offset * ldY));
+    q.ld_prev_a = ldY;
+    q.prev_b = cu(h0);
+    q.ld_prev_b = P;
+  }
+  q.aux = cu(Ad + p.offset * ldA);
+  q.ld_aux = ldA;
+  if (s.has_proj) {
+    q.out = cu(m);
+    q.ld_out = H;
+  } else {
+    q.out = cu(Yd + p.offset * ldY);
+    q.ld_out = ldY;
+  }
+  C10_CUDA_CHECK(lstm ? lstm_forward_step(q, stream) : gru_forward_step(q, stream));
+  if (s.has_proj)
+    gemm<T>(false, true, p.rows, P, H, m, H, w.w_hr, H, false, Yd + p.offset * ldY, ldY, device);
+  // Rows whose sequence ends at this step hold their final h.
+  if (p.end_end > p.end_begin) {
+    C10_CUDA_CHECK(copy_rows(cu(static_cast<const T*>(Yd + (p.offset + p.end_begin) * ldY)),
+                             ldY, cu(L.h_n + d * s.N * P + p.end_begin * P), P,
+                             p.end_end - p.end_begin, P, stream));
+  }
+}
+
+template <typename T>
+void gated_forward_impl(const RnnSizes& s, const at::Tensor& x2d,
+                        const std::vector<at::Tensor>& hx, const std::vector<at::Tensor>& w,
+                        const std::optional<at::Tensor>& masks, const at::Tensor& out2d,
+                        const std::vector<at::Tensor>& h_n,
+                        const std::vector<at::Tensor>& workspace) {
+  const c10::Device device = x2d.device();
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H;
+  const bool lstm = s.cell == CellKind::Lstm;
+  const auto opts = x2d.options();
+  DirectionStreams streams(s.D, device.index());
+  at::Tensor gates_scratch, aux_scratch;
+  if (!s.train) {
+    gates_scratch = at::empty({s.rows, s.D * GH}, opts);
+    aux_scratch = at::empty({s.rows, s.D * H}, opts);
+  }
+  const at::Tensor rec = at::empty({s.D, s.N, GH}, opts);
+  const at::Tensor m = s.has_proj ? at::empty({s.D, s.N, H}, opts) : at::Tensor();
+  for (const auto layer : c10::irange(s.NL)) {
+    const at::Tensor X = layer_input(layer, x2d, workspace[0], masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[0][layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    GatedLayer<T> L;
+    L.h0 = hx[0].const_data_ptr<T>() + layer * s.D * s.N * P;
+    L.h_n = h_n[0].mutable_data_ptr<T>() + layer * s.D * s.N * P;
+    if (lstm) {
+      L.c0 = hx[1].const_data_ptr<T>() + layer * s.D * s.N * H;
+      L.c_n = h_n[1].mutable_data_ptr<T>() + layer * s.D * s.N * H;
+    }
+    L.Y = Y.mutable_data_ptr<T>();
+    L.gates = (s.train ? workspace[1][layer] : gates_scratch).mutable_data_ptr<T>();
+    L.aux = (s.train ? workspace[2][layer] : aux_scratch).mutable_data_ptr<T>();
+    L.rec = rec.mutable_data_ptr<T>();
+    L.m = s.has_proj ? m.mutable_data_ptr<T>() : nullptr;
+    // The input projection of every step, both directions: X @ [W_ih_fwd; W_ih_rev]^T.
+    const at::Tensor W = stacked_w_ih(s, w, layer);
+    gemm<T>(false, true, s.rows, s.D * GH, I_l, X.const_data_ptr<T>(), I_l,
+            W.const_data_ptr<T>(), I_l, false, L.gates, s.D * GH, device);
+    GatedWeights<T> weights[2];
+    for (const auto d : c10::irange(s.D)) weights[d] = gated_weights<T>(s, w, layer, d);
+    streams.fork();
+    // Interleave the directions step by step so that both streams have work queued.
+    for (const auto i : c10::irange(s.T)) {
+      for (const auto d : c10::irange(s.D)) {
+        streams.run(d, [&] {
+          gated_forward_step<T>(s, d, i, weights[d], L, device, streams.stream(d));
+        });
+      }
+    }
+    streams.join();
+  }
+}
+
+template <typename T>
+void gated_backward_step(const RnnSizes& s, int64_t d, int64_t i, const GatedWeights<T>& w,
+                         const GatedLayer<T>& L, c10::Device device, cudaStream_t stream) {
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H;
+  const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
+  const bool lstm = s.cell == CellKind::Lstm;
+  const StepPlan p = s.plan(d, i);
+  const T* Yd = L.Y + d * P;
+  const T* Gd = L.gates + d * GH;
+  const T* Ad = L.aux + d * H;
+  T* dYd = L.dY + d * P;
+  const T* h0 = L.h0 + d * s.N * P;
+  T* dhx = L.grad_hx + d * s.N * P;
+  const T* ghn = block_of(L.grad_h_n, d * s.N * P);
+  T* dGWd = L.dGW + d * GH;
+  T* dGRd = (lstm ? L.dGW : L.dGR) + d * GH;
+
+  GatedBackwardParams<cu_t<T>> q;
+  q.rows = p.rows;
+  q.H = H;
+  q.P = P;
+  q.gates = cu(Gd + p.offset * ldG);
+  q.ld_gates = ldG;
+  q.aux = cu(Ad + p.offset * ldA);
+  q.ld_aux = ldA;
+  q.prev_split = p.split;
+  if (lstm) {  // c_prev
+    q.prev_a = cu(Ad + p.prev_offset * ldA);
+    q.ld_prev_a = ldA;
+    q.prev_b = cu(L.c0 + d * s.N * H);
+    q.ld_prev_b = H;
+    q.carry_c = cu(L.grad_cx + d * s.N * H);
+    q.grad_c_n = cu(block_of(L.grad_c_n, d * s.N * H));
+  } else {  // h_prev
+    q.prev_a = cu(Yd + p.prev_offset * ldY);
+    q.ld_prev_a = ldY;
+    q.prev_b = cu(h0);
+    q.ld_prev_b = P;
+  }
+  q.dy = cu(dYd + p.offset * ldY);
+  q.ld_dy = ldY;
+  q.carry_h = cu(dhx);
+  q.grad_h_n = cu(ghn);
+  q.end_begin = p.end_begin;
+  q.end_end = p.end_end;
+  q.dgw = cu(dGWd + p.offset * ldG);
+  q.ld_dgw = ldG;
+  if (!lstm) {
+    q.dgr = cu(dGRd + p.offset * ldG);
+    q.ld_dgr = ldG;
+  }
+  q.h_prev = cu(L.H_prev + d * s.rows * P + p.offset * P);
+  q.ld_h_prev = P;
+  q.h_prev_a = cu(Yd + p.prev_offset * ldY);
+  q.ld_h_prev_a = ldY;
+  q.h_prev_b = cu(h0);
+  q.ld_h_prev_b = P;
+  if (s.has_proj) {
+    // dh = dY + carried (P wide), then the gradient of m: dm = dh W_hr.
+    T* dM = L.dM + d * s.N * H;
+    C10_CUDA_CHECK(add_carried_grad(p.rows, P, cu(dYd + p.offset * ldY), ldY,
+                                    cu(static_cast<const T*>(dhx)), cu(ghn), p.end_begin,
+                                    p.end_end, stream));
+    gemm<T>(false, false, p.rows, H, P, dYd + p.offset * ldY, ldY, w.w_hr, H, false, dM, H,
+            device);
+    q.dm = cu(static_cast<const T*>(dM));
+    q.ld_dm = H;
+    q.m = cu(L.m + d * s.rows * H + p.offset * H);
+    q.ld_m = H;
+  }
+  C10_CUDA_CHECK(lstm ? lstm_backward_step(q, stream) : gru_backward_step(q, stream));
+  // The gradient carried to the step before: dG_R W_hh (the GRU kernel wrote its direct
+  // carry dh z into these rows: accumulate onto it).
+  gemm<T>(false, false, p.rows, P, GH, dGRd + p.offset * ldG, ldG, w.w_hh, P, !lstm, dhx, P,
+          device);
+}
+
+template <typename T>
+void gated_backward_impl(const RnnSizes& s, const at::Tensor& x2d,
+                         const std::vector<at::Tensor>& hx, const std::vector<at::Tensor>& w,
+                         const std::optional<at::Tensor>& masks, const at::Tensor& out2d,
+                         const std::vector<at::Tensor>& workspace, at::Tensor dY,
+                         const std::vector<at::Tensor>& grad_h_n, const at::Tensor& grad_x2d,
+                         const std::vector<at::Tensor>& grad_hx,
+                         const std::vector<at::Tensor>& grad_weights) {
+  using acc_t = acc_type<cu_t<T>>;
+  const c10::Device device = x2d.device();
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H, ldG = s.D * GH;
+  const bool lstm = s.cell == CellKind::Lstm;
+  const auto opts = x2d.options();
+  DirectionStreams streams(s.D, device.index());
+  // Whole-sequence buffers of one layer (both directions): the gate gradients, the h
+  // each row started from, and m (proj_size), for the weight GEMMs after the time loop.
+  const at::Tensor dGW = at::empty({s.rows, ldG}, opts);
+  const at::Tensor dGR = lstm ? at::Tensor() : at::empty({s.rows, ldG}, opts);
+  const at::Tensor H_prev = at::empty({s.D, s.rows, P}, opts);
+  const at::Tensor M = s.has_proj ? at::empty({s.D, s.rows, H}, opts) : at::Tensor();
+  const at::Tensor dM = s.has_proj ? at::empty({s.D, s.N, H}, opts) : at::Tensor();
+  const int64_t ws_elems = column_sum_workspace_elems(s.rows, GH);
+  const at::Tensor sum_ws =
+      at::empty({s.D, ws_elems},
+                opts.dtype(std::is_same_v<acc_t, double> ? at::kDouble : at::kFloat));
+
+  for (int64_t layer = s.NL - 1; layer >= 0; --layer) {
+    const at::Tensor X = layer_input(layer, x2d, workspace[0], masks).contiguous();
+    const at::Tensor Y = layer + 1 == s.NL ? out2d : workspace[0][layer];
+    const int64_t I_l = s.layer_input_size(layer);
+    const at::Tensor dX = layer == 0 ? grad_x2d : at::empty({s.rows, I_l}, opts);
+    GatedLayer<T> L;
+    L.h0 = hx[0].const_data_ptr<T>() + layer * s.D * s.N * P;
+    L.grad_hx = grad_hx[0].mutable_data_ptr<T>() + layer * s.D * s.N * P;
+    L.grad_h_n = block_of(grad_h_n[0].defined() ? grad_h_n[0].const_data_ptr<T>() : nullptr,
+                          layer * s.D * s.N * P);
+    if (lstm) {
+      L.c0 = hx[1].const_data_ptr<T>() + layer * s.D * s.N * H;
+      L.grad_cx = grad_hx[1].mutable_data_ptr<T>() + layer * s.D * s.N * H;
+      L.grad_c_n = block_of(grad_h_n[1].defined() ? grad_h_n[1].const_data_ptr<T>() : nullptr,
+                            layer * s.D * s.N * H);
+    }
+    // Read only in the backward.
+    L.Y = const_cast<T*>(Y.const_data_ptr<T>());
+    L.gates = const_cast<T*>(workspace[1][layer].const_data_ptr<T>());
+    L.aux = const_cast<T*>(workspace[2][layer].const_data_ptr<T>());
+    L.dY = dY.mutable_data_ptr<T>();
+    L.dGW = dGW.mutable_data_ptr<T>();
+    L.dGR = lstm ? nullptr : dGR.mutable_data_ptr<T>();
+    L.H_prev = H_prev.mutable_data_ptr<T>();
+    L.m = s.has_proj ? M.mutable_data_ptr<T>() : nullptr;
+    L.dM = s.has_proj ? dM.mutable_data_ptr<T>() : nullptr;
+    GatedWeights<T> weights[2];
+    for (const auto d : c10::irange(s.D)) weights[d] = gated_weights<T>(s, w, layer, d);
+
+    streams.fork();
+    for (int64_t i = s.T - 1; i >= 0; --i) {
+      for (const auto d : c10::irange(s.D)) {
+        streams.run(d, [&] {
+          gated_backward_step<T>(s, d, i, weights[d], L, device, streams.stream(d));
+        });
+      }
+    }
+    // Weight and bias gradients of each direction, on its own stream: single GEMMs
+    // and column sums over all rows (K = rows).
+    for (const auto d : c10::irange(s.D)) {
+      streams.run(d, [&] {
+        const T* dGWd = L.dGW + d * GH;
+        const T* dGRd = (lstm ? L.dGW : L.dGR) + d * GH;
+        const cudaStream_t stream = streams.stream(d);
+        gemm<T>(true, false, GH, I_l, s.rows, dGWd, ldG, X.const_data_ptr<T>(), I_l, false,
+                grad_weights[s.weight_index(layer, d, 0)].mutable_data_ptr<T>(), I_l, device);
+        gemm<T>(true, false, GH, P, s.rows, dGRd, ldG, L.H_prev + d * s.rows * P, P, false,
+                grad_weights[s.weight_index(layer, d, 1)].mutable_data_ptr<T>(), P, device);
+        if (s.has_biases) {
+          // LSTM: dG_R == dG_W, so b_hh's gradient is b_ih's (out2). Both sums of a
+          // direction run on its stream, one after the other, on its workspace block.
+          acc_t* ws = sum_ws.mutable_data_ptr<acc_t>() + d * ws_elems;
+          T* db_ih = grad_weights[s.weight_index(layer, d, 2)].mutable_data_ptr<T>();
+          T* db_hh = grad_weights[s.weight_index(layer, d, 3)].mutable_data_ptr<T>();
+          C10_CUDA_CHECK(column_sum(cu(dGWd), s.rows, GH, ldG, cu(db_ih),
+                                    lstm ? cu(db_hh) : static_cast<cu_t<T>*>(nullptr), ws,
+                                    stream));
+          if (!lstm) {
+            C10_CUDA_CHECK(column_sum(cu(dGRd), s.rows, GH, ldG, cu(db_hh),
+                                      static_cast<cu_t<T>*>(nullptr), ws, stream));
+          }
+        }
+        if (s.has_proj)
+          gemm<T>(true, false, P, H, s.rows, L.dY + d * P, s.D * P, L.m + d * s.rows * H, H,
+                  false, grad_weights[s.w_hr_index(layer, d)].mutable_data_ptr<T>(), H, device);
+      });
+    }
+    streams.join();
+
+    const at::Tensor W = stacked_w_ih(s, w, layer);
+    gemm<T>(false, false, s.rows, I_l, ldG, L.dGW, ldG, W.const_data_ptr<T>(), I_l, false,
+            dX.mutable_data_ptr<T>(), I_l, device);
+    if (layer > 0) {
+      // The layer below's output gradient; dropout's backward is the same mask.
+      if (masks.has_value() && masks->defined()) dX.mul_((*masks)[layer - 1]);
+      dY = dX;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Op entry points
 // ---------------------------------------------------------------------------
 
 #define RNNFAST_DISPATCH_CUDA_TYPES(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-// The gated cells have no CUDA kernels yet: say so, never compute them elsewhere.
-void check_cuda_cell(const RnnSizes& s) {
-  TORCH_CHECK_NOT_IMPLEMENTED(
-      is_elman(s.cell),
-      "rnnfast: LSTM and GRU have no CUDA kernels yet (CPU only); the CUDA ops support the "
-      "Elman RNN (RNN_TANH, RNN_RELU). Run LSTM/GRU on the CPU, or use torch.nn.LSTM/GRU "
-      "(rnnfast.to_torch converts a model) on CUDA.");
-}
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_forward_cuda(
     const at::Tensor& input, at::TensorList hx, at::TensorList weights,
@@ -566,14 +948,22 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_for
   const char* op = "rnnfast.rnn_forward";
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks, mode,
                                     has_biases, num_layers, proj_size, bidirectional, train);
-  check_cuda_cell(s);
   TORCH_INTERNAL_ASSERT(input.is_cuda());
   const c10::cuda::CUDAGuard guard(input.device());
   ForwardOutputs out = allocate_forward_outputs(s, input);
   if (nothing_to_compute(s)) return {out.output, out.h_n, out.workspace};
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
-  const at::Tensor hx_c = hx[0].contiguous();
   const auto w = contiguous_all(weights);
+  if (!is_elman(s.cell)) {
+    const auto hx_c = contiguous_all(hx);
+    RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_forward_cuda", [&] {
+      gated_forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks,
+                                   out.output.view({s.rows, s.D * s.P}), out.h_n,
+                                   out.workspace);
+    });
+    return {out.output, out.h_n, out.workspace};
+  }
+  const at::Tensor hx_c = hx[0].contiguous();
   RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_forward_cuda", [&] {
     forward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks, out.output.view({s.rows, s.D * s.H}),
                            out.h_n[0], out.workspace[0]);
@@ -592,7 +982,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks, mode,
                                     has_biases, num_layers, proj_size, bidirectional,
                                     /*train=*/true);
-  check_cuda_cell(s);
   check_rnn_backward_args(s, input, grad_output, grad_h_n, output, workspace);
   TORCH_INTERNAL_ASSERT(input.is_cuda());
   const c10::cuda::CUDAGuard guard(input.device());
@@ -600,6 +989,24 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
   BackwardOutputs out = allocate_backward_outputs(s, input, hx, weights);
   if (nothing_to_compute(s)) return {out.grad_input, out.grad_hx, out.grad_weights};
   at::Tensor dZ = initial_output_grad(s, grad_output, input);
+  if (!is_elman(s.cell)) {
+    std::vector<at::Tensor> ghn;
+    for (const auto k : c10::irange(s.states())) {
+      const at::Tensor g = value_or_undefined(grad_h_n.get(k));
+      ghn.push_back(g.defined() ? g.contiguous() : at::Tensor());
+    }
+    const at::Tensor x2d = input.contiguous().view({s.rows, s.I});
+    const auto w = contiguous_all(weights);
+    const auto hx_c = contiguous_all(hx);
+    const auto ws = contiguous_all(workspace);
+    RNNFAST_DISPATCH_CUDA_TYPES(input.scalar_type(), "rnn_backward_cuda", [&] {
+      gated_backward_impl<scalar_t>(s, x2d, hx_c, w, dropout_masks,
+                                    output.contiguous().view({s.rows, s.D * s.P}), ws, dZ, ghn,
+                                    out.grad_input.view({s.rows, s.I}), out.grad_hx,
+                                    out.grad_weights);
+    });
+    return {out.grad_input, out.grad_hx, out.grad_weights};
+  }
   const at::Tensor g = value_or_undefined(grad_h_n.get(0));
   const at::Tensor ghn = g.defined() ? g.contiguous() : at::Tensor();
   const at::Tensor x2d = input.contiguous().view({s.rows, s.I});

@@ -11,16 +11,7 @@
 namespace rnnfast::cuda {
 namespace {
 
-// A block covers 32 columns (one warp, coalesced along the hidden dimension) and
-// 8 rows; the grid covers the columns exactly and strides over the rows.
-constexpr int kBlockCols = 32;
-constexpr int kBlockRows = 8;
-constexpr int64_t kMaxGridRows = 65535;
-
-dim3 step_grid(int64_t rows, int64_t H) {
-  const int64_t grid_rows = std::min<int64_t>((rows + kBlockRows - 1) / kBlockRows, kMaxGridRows);
-  return dim3(ceil_div(H, kBlockCols), static_cast<unsigned int>(grid_rows));
-}
+// The grid: step_grid() in kernels/cuda_math.cuh.
 
 // ---------------------------------------------------------------------------
 // CUDA kernels

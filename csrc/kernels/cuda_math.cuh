@@ -35,4 +35,17 @@ inline unsigned int ceil_div(int64_t a, int64_t b) {
   return static_cast<unsigned int>((a + b - 1) / b);
 }
 
+// The grid of the per-step pointwise kernels: a block covers 32 columns (one warp,
+// coalesced along the hidden dimension) and 8 rows; the grid covers the columns
+// exactly and strides over the rows.
+constexpr int kBlockCols = 32;
+constexpr int kBlockRows = 8;
+constexpr int64_t kMaxGridRows = 65535;
+
+inline dim3 step_grid(int64_t rows, int64_t cols) {
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  const int64_t grid_rows = blocks < kMaxGridRows ? blocks : kMaxGridRows;
+  return dim3(ceil_div(cols, kBlockCols), static_cast<unsigned int>(grid_rows));
+}
+
 }  // namespace rnnfast::cuda

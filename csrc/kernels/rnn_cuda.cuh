@@ -1,7 +1,8 @@
 // Framework-free CUDA core of rnnfast: the pointwise and reduction kernels of the
-// Elman RNN, behind launchers that take raw pointers, sizes, row strides and a
-// cudaStream_t. Implemented in csrc/cuda/*.cu, which need only the CUDA toolkit;
-// the GEMMs and the torch glue live in csrc/cuda/rnn_cuda.cpp.
+// Elman RNN and of the gated cells (LSTM, GRU), behind launchers that take raw
+// pointers, sizes, row strides and a cudaStream_t. Implemented in csrc/cuda/*.cu,
+// which need only the CUDA toolkit; the GEMMs and the torch glue live in
+// csrc/cuda/rnn_cuda.cpp.
 //
 // Layout (as in the CPU kernels): a sequence is a time-major 2-D matrix whose step
 // t owns `rows` consecutive rows; every matrix argument is row-major with the row
@@ -112,6 +113,115 @@ inline int64_t column_sum_workspace_elems(int64_t rows, int64_t cols) {
 template <typename T>
 cudaError_t column_sum(const T* src, int64_t rows, int64_t cols, int64_t ld, T* out, T* out2,
                        acc_type<T>* workspace, cudaStream_t stream);
+
+// ---------------------------------------------------------------------------
+// Gated cells, per step (csrc/cuda/gated_pointwise.cu)
+// ---------------------------------------------------------------------------
+//
+// The pointwise stage of one step of one direction of an LSTM or GRU layer, around
+// the step's cuBLAS GEMMs (rnn_cuda.cpp); the math is kernels/cells.h's, computed in
+// acc_type<T>. One thread per (row, hidden unit); every element has one owner (no
+// atomics). Row j of the step is batch row j: its state rows in `prev_*` and in the
+// (N, width) carried-gradient buffers are indexed by j. The previous state of a row
+// comes from the step processed just before for j < prev_split (prev_a[j]), else from
+// the initial state (prev_b[j]): StepPlan's split (kernels/cells.h).
+//
+// Forward, after rec = h_prev W_hh^T:
+//   LSTM: gates <- i, f, g, o;  aux <- c;  out <- m = o tanh(c);  state_n[j] <- c
+//         for the rows j in [n_begin, n_end) (c_n)
+//   GRU:  gates <- r, z, n;     aux <- hn = rec_n + b_hn;  out <- h
+// with the pre-activations gates + b_ih + rec + b_hh (gates holds x W_ih^T on entry).
+template <typename T>
+struct GatedForwardParams {
+  int64_t rows = 0;  // live batch rows of the step
+  int64_t H = 0;     // hidden size (units); G*H gate columns
+  T* gates = nullptr;          // (rows, G*H)
+  int64_t ld_gates = 0;
+  const T* rec = nullptr;      // (rows, G*H)
+  int64_t ld_rec = 0;
+  const T* b_ih = nullptr;     // (G*H) or nullptr: no biases (then b_hh is nullptr too)
+  const T* b_hh = nullptr;
+  const T* prev_a = nullptr;   // LSTM: c_prev; GRU: h_prev (both H wide)
+  int64_t ld_prev_a = 0;
+  const T* prev_b = nullptr;
+  int64_t ld_prev_b = 0;
+  int64_t prev_split = 0;
+  T* aux = nullptr;            // (rows, H): c or hn
+  int64_t ld_aux = 0;
+  T* out = nullptr;            // (rows, H): m (LSTM) or h (GRU)
+  int64_t ld_out = 0;
+  T* state_n = nullptr;        // LSTM: c_n (N, H), row stride H; nullptr: none
+  int64_t n_begin = 0, n_end = 0;
+};
+
+// Backward (BPTT), before the GEMM carry_h (=/+=) dG_R W_hh:
+//   dh = dy[j] + (j in [end_begin, end_end) ? grad_h_n[j] (0 if nullptr) : carry_h[j]),
+//        written back into dy (dy becomes dH); with dm given (LSTM with proj_size: the
+//        gradient of m, dm = dH W_hr, computed by add_carried_grad and a GEMM) dy and
+//        carry_h are not read.
+//   LSTM: dc_in = ends ? grad_c_n[j] (0 if nullptr) : carry_c[j];  Lstm::backward
+//         -> dG_W (= dG_R) into dgw, carry_c[j] <- dc_prev, m[j] <- o tanh(c) if m.
+//   GRU:  Gru::backward -> dG_W into dgw, dG_R into dgr, carry_h[j] <- dh z (the GEMM
+//         then accumulates dG_R W_hh onto it).
+// Also gathers the h each row started from into h_prev (P wide; for dW_hh): j <
+// prev_split from h_prev_a[j], else h_prev_b[j] (LSTM; the GRU's prev_a / prev_b are
+// h already, and h_prev_a / h_prev_b are not read).
+template <typename T>
+struct GatedBackwardParams {
+  int64_t rows = 0, H = 0;
+  int64_t P = 0;               // width of h (proj_size, or H)
+  const T* gates = nullptr;    // (rows, G*H) saved post-activation gates
+  int64_t ld_gates = 0;
+  const T* aux = nullptr;      // (rows, H) saved c (LSTM) or hn (GRU)
+  int64_t ld_aux = 0;
+  const T* prev_a = nullptr;   // LSTM: c_prev; GRU: h_prev, split as in the forward
+  int64_t ld_prev_a = 0;
+  const T* prev_b = nullptr;
+  int64_t ld_prev_b = 0;
+  int64_t prev_split = 0;
+  T* dy = nullptr;             // (rows, P) output gradient in, dh out
+  int64_t ld_dy = 0;
+  const T* dm = nullptr;       // (rows, H) or nullptr
+  int64_t ld_dm = 0;
+  T* carry_h = nullptr;        // (N, P)
+  const T* grad_h_n = nullptr; // (N, P) or nullptr
+  T* carry_c = nullptr;        // LSTM: (N, H)
+  const T* grad_c_n = nullptr; // LSTM: (N, H) or nullptr
+  int64_t end_begin = 0, end_end = 0;
+  T* dgw = nullptr;            // (rows, G*H)
+  int64_t ld_dgw = 0;
+  T* dgr = nullptr;            // GRU: (rows, G*H)
+  int64_t ld_dgr = 0;
+  T* m = nullptr;              // LSTM with proj_size: (rows, H), else nullptr
+  int64_t ld_m = 0;
+  T* h_prev = nullptr;         // (rows, P)
+  int64_t ld_h_prev = 0;
+  const T* h_prev_a = nullptr;
+  int64_t ld_h_prev_a = 0;
+  const T* h_prev_b = nullptr;
+  int64_t ld_h_prev_b = 0;
+};
+
+template <typename T>
+cudaError_t lstm_forward_step(const GatedForwardParams<T>& p, cudaStream_t stream);
+template <typename T>
+cudaError_t gru_forward_step(const GatedForwardParams<T>& p, cudaStream_t stream);
+template <typename T>
+cudaError_t lstm_backward_step(const GatedBackwardParams<T>& p, cudaStream_t stream);
+template <typename T>
+cudaError_t gru_backward_step(const GatedBackwardParams<T>& p, cudaStream_t stream);
+
+// dy[j, c] += (j in [end_begin, end_end) ? grad_n[j, c] (0 if nullptr) : carry[j, c]),
+// j < rows, c < width: dh of a step whose m-gradient needs a GEMM first (proj_size).
+template <typename T>
+cudaError_t add_carried_grad(int64_t rows, int64_t width, T* dy, int64_t ld_dy, const T* carry,
+                             const T* grad_n, int64_t end_begin, int64_t end_end,
+                             cudaStream_t stream);
+
+// dst[j, c] = src[j, c], j < rows, c < width (the h_n rows of a step).
+template <typename T>
+cudaError_t copy_rows(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows,
+                      int64_t width, cudaStream_t stream);
 
 // ---------------------------------------------------------------------------
 // Persistent recurrence (csrc/cuda/rnn_persistent.cu)
