@@ -1,4 +1,4 @@
-"""rnnfast: fused RNN, LSTM and GRU kernels for PyTorch (CPU; Elman RNN also on CUDA).
+"""rnnfast: fused RNN, LSTM and GRU kernels for PyTorch (CPU and CUDA).
 
     import rnnfast
     rnn = rnnfast.RNN(input_size, hidden_size, num_layers, ...)     # drop-in for nn.RNN

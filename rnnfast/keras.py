@@ -15,7 +15,7 @@ runs as one rnnfast.functional op on the layer's own Keras variables (gradients 
 them). Configurations the kernels cannot compute go back to Keras's own loop and give
 stock Keras's numbers: a mask, `unroll=True`, `recurrent_dropout` in training,
 activations other than tanh (SimpleRNN: or relu) / sigmoid recurrent activation, GRU
-`reset_after=False`, and devices without rnnfast kernels (LSTM/GRU on CUDA). `use_cudnn`
+`reset_after=False`, and LSTM/GRU on CUDA (Keras's own cuDNN path there). `use_cudnn`
 does not matter: rnnfast's loop is not cuDNN.
 
 If KERAS_BACKEND is unset and keras is not imported yet, importing this module sets it to
@@ -68,7 +68,8 @@ _SIGMOID = (activations.sigmoid, ops.sigmoid, torch.sigmoid)
 _RELU = (activations.relu, ops.relu, torch.relu)
 
 # Where the kernels run ("meta": Keras's symbolic pass, through the ops' fake kernels).
-# Elsewhere (and for LSTM/GRU on CUDA, where Keras has its cuDNN path) Keras's loop runs.
+# Elsewhere, and for LSTM/GRU on CUDA (Keras's cuDNN path there; rnnfast's CUDA LSTM/GRU
+# kernels have not run on a GPU yet), Keras's loop runs.
 _ELMAN_DEVICES = ("cpu", "meta", "cuda") if _build_info.with_cuda else ("cpu", "meta")
 _GATED_DEVICES = ("cpu", "meta")
 

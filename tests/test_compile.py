@@ -168,8 +168,6 @@ class _GatedModel(torch.nn.Module):
         return out, h_n, c_n, g_n
 
 
-# LSTM and GRU have no CUDA kernels yet (test_gated_ops.py checks that they raise there).
-@pytest.mark.parametrize("device", ["cpu"])
 def test_export_lstm_with_proj_and_gru_equals_eager(device):
     """torch.export of a model holding rnnfast.LSTM (proj_size) and rnnfast.GRU: the graph
     keeps one rnnfast::rnn_forward per module, and the exported program gives eager's

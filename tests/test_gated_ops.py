@@ -231,17 +231,18 @@ def test_train_false_forward_keeps_only_the_layer_outputs(cell):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("cell", GATED)
-def test_cuda_tensors_raise_not_implemented(cell):
-    """No CUDA kernels for LSTM / GRU yet: a clear NotImplementedError, never a silent
-    copy to the CPU."""
+def test_cuda_tensors_run_on_cuda(cell):
+    """LSTM / GRU on CUDA tensors run rnnfast's CUDA kernels (never a silent copy to the
+    CPU): the results live on the GPU and agree with the CPU op."""
     a = _forward_call(cell)
-    a = {k: (v.cuda() if isinstance(v, torch.Tensor) and k != "batch_sizes" else
+    c = {k: (v.cuda() if isinstance(v, torch.Tensor) and k != "batch_sizes" else
              [t.cuda() for t in v] if isinstance(v, list) else v) for k, v in a.items()}
-    with pytest.raises(NotImplementedError, match="LSTM and GRU have no CUDA kernels yet"):
-        ops.rnn_forward(**a)
-    _, new = make_pair(cell, 3, 4, device="cuda", dtype=torch.float32)
-    with pytest.raises(NotImplementedError, match="CPU only"):
-        new(torch.randn(5, 2, 3, device="cuda"))
+    out, h_n, _ = ops.rnn_forward(**a)
+    out_c, h_n_c, ws_c = ops.rnn_forward(**c)
+    assert out_c.is_cuda and all(t.is_cuda for t in (*h_n_c, *ws_c))
+    torch.testing.assert_close(out_c.cpu(), out, rtol=1e-4, atol=1e-5)
+    for h, h_c in zip(h_n, h_n_c, strict=True):
+        torch.testing.assert_close(h_c.cpu(), h, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------

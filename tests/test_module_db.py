@@ -87,10 +87,8 @@ def sample_id(sample):
 
 
 def _devices(cls):
-    """(device, marks) pairs a class's samples run on: every device of conftest.DEVICES for
-    the Elman classes; the CPU only for LSTM and GRU, which have no CUDA kernels yet
-    (test_gated_ops.py checks that they raise NotImplementedError there)."""
-    for d in DEVICES if cls in (nn.RNN, nn.RNNCell) else ["cpu"]:
+    """(device, marks) pairs a class's samples run on: every device of conftest.DEVICES."""
+    for d in DEVICES:
         yield (d, ()) if isinstance(d, str) else (d.values[0], d.marks)
 
 

@@ -401,12 +401,6 @@ def assert_live_flat_weights_if_sequence(module):
         assert_live_flat_weights(module)
 
 
-# LSTM and GRU have no CUDA kernels yet (test_gated_ops.py checks that they raise
-# NotImplementedError there): their module tests run on the CPU on every machine.
-CPU_ONLY = pytest.mark.parametrize("device", ["cpu"])
-
-
-@CPU_ONLY
 @pytest.mark.parametrize("name", GATED_ALL)
 def test_gated_deepcopy_and_torch_save_load(device, name):
     ref, new = gated_pair(name, device)
@@ -435,7 +429,6 @@ def test_gated_deepcopy_and_torch_save_load(device, name):
     assert_same_outputs(result_tensors(fresh(x, hx)), expected, dict(atol=0, rtol=0))
 
 
-@CPU_ONLY
 @pytest.mark.parametrize("name", GATED_ALL)
 def test_gated_functional_call_uses_the_given_tensors_then_reverts(device, name):
     ref, new = gated_pair(name, device)
@@ -458,7 +451,6 @@ def test_gated_functional_call_uses_the_given_tensors_then_reverts(device, name)
     assert_live_flat_weights_if_sequence(new)
 
 
-@CPU_ONLY
 @pytest.mark.parametrize("name", GATED_ALL)
 def test_gated_weight_norm_parametrization(device, name):
     ref, new = gated_pair(name, device)
@@ -485,7 +477,6 @@ def test_gated_weight_norm_parametrization(device, name):
     assert not torch.allclose(result_tensors(new(x, hx))[0], out_n[0])
 
 
-@CPU_ONLY
 @pytest.mark.parametrize("name", GATED_ALL)
 def test_gated_to_dtype_and_double(device, name):
     ref, new = gated_pair(name, device, dtype=torch.float32)
@@ -505,7 +496,6 @@ def test_gated_to_dtype_and_double(device, name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@CPU_ONLY
 @pytest.mark.parametrize("name", GATED_ALL)
 def test_gated_half_and_bfloat16(device, name, dtype):
     # Tolerance: the error of the low-precision result against float64 math on the same
