@@ -34,23 +34,35 @@ inline Ymm operator-(Ymm a, Ymm b) { return _mm256_sub_ps(a.v, b.v); }
 inline Ymm operator*(Ymm a, Ymm b) { return _mm256_mul_ps(a.v, b.v); }
 inline Ymm operator/(Ymm a, Ymm b) { return _mm256_div_ps(a.v, b.v); }
 
-// One block of up to 8 units; lanes outside the first `n` load 0 and are not stored.
-struct Masked {
+// The math on 8 floats (SLEEF's vector exp and tanh).
+struct Math {
   using V = Ymm;
+  static V sigmoid(V x) { return V(1.f) / (V(1.f) + Ymm(Sleef_expf8_u10avx2((V(0.f) - x).v))); }
+  static V tanh(V x) { return Sleef_tanhf8_u10avx2(x.v); }
+};
+
+// A full block of 8 units: plain loads and stores (AMD's masked stores are microcoded,
+// tens of cycles each).
+struct Full : Math {
+  V load(const float* p) const { return _mm256_loadu_ps(p); }
+  void store(V x, float* p) const { _mm256_storeu_ps(p, x.v); }
+};
+
+// The last block of fewer than 8 units; lanes outside the first `n` load 0 and are not stored.
+struct Masked : Math {
   __m256i mask;
   V load(const float* p) const { return _mm256_maskload_ps(p, mask); }
   void store(V x, float* p) const { _mm256_maskstore_ps(p, mask, x.v); }
-  static V sigmoid(V x) { return V(1.f) / (V(1.f) + Ymm(Sleef_expf8_u10avx2((V(0.f) - x).v))); }
-  static V tanh(V x) { return Sleef_tanhf8_u10avx2(x.v); }
 };
 
 struct Units {
   template <typename Body>
   static void for_units(int64_t H, const Body& body) {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int64_t j = 0; j < H; j += 8) {
-      const int left = static_cast<int>(H - j < 8 ? H - j : 8);
-      body(Masked{_mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane)}, j);
+    int64_t j = 0;
+    for (; j + 8 <= H; j += 8) body(Full{}, j);
+    if (j < H) {
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      body(Masked{{}, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(H - j)), lane)}, j);
     }
   }
 };

@@ -20,8 +20,7 @@
 #include "row_kernels.h"
 #include "sequence_cpu.h"
 #include "step_avx512.h"
-
-#include <omp.h>
+#include "thread_teams.h"
 
 namespace rnnfast::cpu {
 
@@ -114,73 +113,8 @@ std::vector<LayerWeights<T>> gather_weights(const RnnSizes& s,
 
 
 // ---------------------------------------------------------------------------
-// float32 + AVX-512: fused step kernel, one OpenMP team per layer
+// float32 + AVX-512: fused step kernel, one OpenMP team per layer (thread_teams.h)
 // ---------------------------------------------------------------------------
-
-// A step smaller than this many multiply-adds runs on one thread: a barrier per
-// step would cost more than it saves.
-constexpr int64_t kTeamMinFlops = 48 * 1024;
-
-// How to spread one layer's time loop over threads. Directions of a bidirectional
-// layer are independent: one thread each, no synchronisation. A unidirectional
-// layer splits the step's columns (rows of W_hh) over threads, with one barrier per
-// step, only when a step is large enough to pay for it.
-struct TeamPlan {
-  int threads = 1;
-  bool per_direction = false;
-};
-
-TeamPlan plan_team(const RnnSizes& s) {
-  TeamPlan p;
-  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (nt < 2) return p;
-  if (s.D == 2) {
-    p.threads = 2;
-    p.per_direction = true;
-  } else if (s.N * s.H * s.H >= kTeamMinFlops && s.H >= 32) {
-    p.threads = static_cast<int>(std::min<int64_t>(nt, s.H / 16));
-  }
-  return p;
-}
-
-// Column slice [begin, end) of H owned by thread `tid` of `n`; 16-aligned.
-std::pair<int64_t, int64_t> column_slice(int64_t H, int tid, int n) {
-  const int64_t units = (H + 15) / 16;
-  const int64_t b = units * tid / n, e = units * (tid + 1) / n;
-  return {std::min(H, b * 16), std::min(H, e * 16)};
-}
-
-template <typename Body>
-void run_team(const TeamPlan& p, Body body) {
-  if (p.threads <= 1) {
-    body(0, 1);
-    return;
-  }
-#pragma omp parallel num_threads(p.threads)
-  body(omp_get_thread_num(), omp_get_num_threads());
-}
-
-inline void team_barrier(int n) {
-  if (n > 1) {
-#pragma omp barrier
-  }
-}
-
-// Runs body(d, c0, c1, team) for each direction of a layer on the team plan_team
-// picks: one thread per direction (team = 1), or the step's columns [c0, c1) split
-// over `team` threads that meet at a barrier every step.
-template <typename Body>
-void run_directions(const RnnSizes& s, Body body) {
-  const TeamPlan plan = plan_team(s);
-  run_team(plan, [&](int tid, int n) {
-    for (int64_t d = 0; d < s.D; ++d) {
-      if (plan.per_direction && d != tid) continue;
-      const auto [c0, c1] = plan.per_direction ? std::pair<int64_t, int64_t>{0, s.H}
-                                               : column_slice(s.H, tid, n);
-      body(d, c0, c1, plan.per_direction ? 1 : n);
-    }
-  });
-}
 
 // Forward time loop of one direction on columns [c0, c1) of H. P (float32) holds the
 // input projection X @ W_ih^T; the states go to Y (type In), from which the next step

@@ -25,6 +25,8 @@
 #include "cell_rows.h"
 #include "row_kernels.h"
 #include "cpu_common.h"
+#include "small_gemm.h"
+#include "thread_teams.h"
 
 namespace rnnfast::cpu {
 namespace {
@@ -79,7 +81,8 @@ constexpr int64_t kSmallStepFlops = int64_t(1) << 20;
 // row-major, or with trans_b N x K (then on one BLAS thread). float32 on AVX-512 uses
 // the step kernel (one thread), or for large steps the tiled kernel spread over
 // threads; the choice depends on the sizes only, so the summation order does not
-// depend on the thread count. Other types use BLAS.
+// depend on the thread count. float32 steps of at most kSmallGemmMaxRows rows on other
+// AVX2 CPUs use the small GEMM (small_gemm.h). The rest uses BLAS.
 template <typename T>
 void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
                int64_t ldb, bool trans_b, T* C, int64_t ldc, bool accumulate) {
@@ -107,6 +110,13 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
       a.ldc = ldc;
       a.epilogue = accumulate ? avx512::Epilogue::Accumulate : avx512::Epilogue::Store;
       avx512::step(a, 0, N);
+      return;
+    }
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    static const SmallGemm small = avx2::small_gemm();
+    if (M <= kSmallGemmMaxRows && small) {
+      small(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
       return;
     }
   }
@@ -346,30 +356,34 @@ class GatedLoops final : public CellLoops<T> {
       : s_(s), weights_(weights) {}
 
   void forward(const LayerBuffers<T>& b) override {
-    if (!fwd_) fwd_.emplace(s_);
+    // One scratch per direction: a bidirectional layer runs its directions on a thread each.
+    while (static_cast<int64_t>(fwd_.size()) < s_.D) fwd_.emplace_back(s_);
     const int64_t NP = s_.N * s_.P, NH = s_.N * s_.H;
     const bool lstm = s_.cell == CellKind::Lstm;
-    for (const auto d : c10::irange(s_.D)) {
+    for_each_direction(s_, [&](int64_t d) {
       const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, true);
       forward_direction<T>(s_, d, w, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
                            lstm ? b.hx[1] + d * NH : nullptr, b.h_n[0] + d * NP,
-                           lstm ? b.h_n[1] + d * NH : nullptr, *fwd_);
-    }
+                           lstm ? b.h_n[1] + d * NH : nullptr, fwd_[d]);
+    });
   }
 
   void backward(const LayerBuffers<T>& b,
                 c10::function_ref<void(int64_t, const GateGrads<T>&)> tail) override {
-    if (!bwd_) bwd_.emplace(s_, weights_[0].options());
-    BackwardScratch<T>& sc = *bwd_;
+    while (static_cast<int64_t>(bwd_.size()) < s_.D) bwd_.emplace_back(s_, weights_[0].options());
     const int64_t NP = s_.N * s_.P, NH = s_.N * s_.H, GH = s_.G * s_.H;
     const bool lstm = s_.cell == CellKind::Lstm;
     auto block = [](const T* p, int64_t offset) { return p ? p + offset : nullptr; };
-    for (const auto d : c10::irange(s_.D)) {
+    for_each_direction(s_, [&](int64_t d) {
       const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, false);
       backward_direction<T>(s_, d, w, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
                             lstm ? b.hx[1] + d * NH : nullptr, b.dY, block(b.grad_h_n[0], d * NP),
                             lstm ? block(b.grad_h_n[1], d * NH) : nullptr,
-                            b.grad_hx[0] + d * NP, lstm ? b.grad_hx[1] + d * NH : nullptr, sc);
+                            b.grad_hx[0] + d * NP, lstm ? b.grad_hx[1] + d * NH : nullptr, bwd_[d]);
+    });
+    // The weight-gradient GEMMs after both directions, on all threads.
+    for (const auto d : c10::irange(s_.D)) {
+      const BackwardScratch<T>& sc = bwd_[d];
       GateGrads<T> g;
       g.dGW = sc.dGW.template const_data_ptr<T>();
       g.ldW = GH;
@@ -388,8 +402,8 @@ class GatedLoops final : public CellLoops<T> {
  private:
   const RnnSizes& s_;
   const std::vector<at::Tensor>& weights_;
-  std::optional<ForwardScratch<T>> fwd_;
-  std::optional<BackwardScratch<T>> bwd_;
+  std::vector<ForwardScratch<T>> fwd_;   // per direction
+  std::vector<BackwardScratch<T>> bwd_;
 };
 
 }  // namespace

@@ -1,0 +1,91 @@
+// A float32 GEMM for the few-row products of a time step (batch 1 to 8), compiled for
+// AVX2 + FMA. At such sizes a BLAS call costs more in dispatch, packing and blocking
+// than in multiply-adds; this kernel reads B where it is (row-major K x N, the layout
+// the step GEMMs keep their weights in) and keeps a 4-row x 24-column tile of C in
+// registers over all of K. One thread; each element is a k-ordered sum, so results do
+// not depend on the thread count or on M.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "small_gemm.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace rnnfast::cpu::avx2 {
+namespace {
+
+// Rows [0, R) x columns [0, 8 V) of C (+)= A B, the tile in registers over all of K
+// (R * V <= 12 accumulators + V loads of B + one broadcast: the 16 ymm registers).
+template <int R, int V>
+inline void tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
+                 int64_t ldc, bool accumulate) {
+  __m256 acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 b[V];
+    for (int v = 0; v < V; ++v) b[v] = _mm256_loadu_ps(B + k * ldb + 8 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) {
+      float* c = C + r * ldc + 8 * v;
+      _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), acc[r][v]) : acc[r][v]);
+    }
+}
+
+// The last N % 8 columns of one row, the same k-ordered sum per element.
+inline void tail_columns(int64_t n, int64_t K, const float* A, const float* B, int64_t ldb,
+                         float* C, bool accumulate) {
+  for (int64_t j = 0; j < n; ++j) {
+    float acc = 0.f;
+    for (int64_t k = 0; k < K; ++k) acc = std::fma(A[k], B[k * ldb + j], acc);
+    C[j] = accumulate ? C[j] + acc : acc;
+  }
+}
+
+// R rows: B is read once per R rows (at batch 8, twice per step).
+template <int R>
+void rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+          float* C, int64_t ldc, bool accumulate) {
+  int64_t n = 0;
+  for (; n + 24 <= N; n += 24) tile<R, 3>(K, A, lda, B + n, ldb, C + n, ldc, accumulate);
+  for (; n + 8 <= N; n += 8) tile<R, 1>(K, A, lda, B + n, ldb, C + n, ldc, accumulate);
+  if (n < N)
+    for (int r = 0; r < R; ++r)
+      tail_columns(N - n, K, A + r * lda, B + n, ldb, C + r * ldc + n, accumulate);
+}
+
+void small_gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4) rows<4>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, accumulate);
+  const float* Am = A + m * lda;
+  float* Cm = C + m * ldc;
+  switch (M - m) {
+    case 3: rows<3>(N, K, Am, lda, B, ldb, Cm, ldc, accumulate); break;
+    case 2: rows<2>(N, K, Am, lda, B, ldb, Cm, ldc, accumulate); break;
+    case 1: rows<1>(N, K, Am, lda, B, ldb, Cm, ldc, accumulate); break;
+    default: break;
+  }
+}
+
+}  // namespace
+}  // namespace rnnfast::cpu::avx2
+
+#pragma GCC pop_options
+
+namespace rnnfast::cpu::avx2 {
+
+SmallGemm small_gemm() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok ? &small_gemm_avx2 : nullptr;
+}
+
+}  // namespace rnnfast::cpu::avx2
