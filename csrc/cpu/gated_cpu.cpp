@@ -85,7 +85,8 @@ constexpr int64_t kSmallStepFlops = int64_t(1) << 20;
 // AVX2 CPUs use the small GEMM (small_gemm.h). The rest uses BLAS.
 template <typename T>
 void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-               int64_t ldb, bool trans_b, T* C, int64_t ldc, bool accumulate) {
+               int64_t ldb, bool trans_b, T* C, int64_t ldc, bool accumulate,
+               const T* B_packed = nullptr) {
   if (M == 0) return;
   const T beta = accumulate ? T(1) : T(0);
   if (trans_b) {
@@ -115,6 +116,11 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
   }
   if constexpr (std::is_same_v<T, float>) {
     static const SmallGemm small = avx2::small_gemm();
+    static const SmallGemmPacked small_packed = avx2::small_gemm_packed();
+    if (M <= kSmallGemmMaxRows && B_packed && small_packed) {
+      small_packed(M, N, K, A, lda, B_packed, C, ldc, accumulate);
+      return;
+    }
     if (M <= kSmallGemmMaxRows && small) {
       small(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
       return;
@@ -151,6 +157,11 @@ struct GatedWeights {
   std::vector<T> w_hr_t;    // (H, P), unless in place
   std::vector<T> b_ih, b_hh;  // (G*H), zeros without biases
   bool in_place = false;    // the forward reads w_hh / w_hr transposed, where they are
+  // For float32 steps of few rows on AVX2: w_hh^T (forward) or w_hh (backward) packed
+  // for the small GEMM (small_gemm.h); empty otherwise.
+  std::vector<T> w_hh_packed;
+
+  const T* rec_packed() const { return w_hh_packed.empty() ? nullptr : w_hh_packed.data(); }
 
   // The B operands of the forward's per-step GEMMs: (pointer, ld, transposed).
   std::tuple<const T*, int64_t, bool> rec_b(int64_t GH, int64_t P) const {
@@ -184,6 +195,20 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
     if (s.has_proj) {
       w.w_hr_t.resize(s.H * s.P);
       transpose_to(w.w_hr, s.H, s.P, s.H, w.w_hr_t.data());
+    }
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    // Packed once per layer when some step is small (batch sizes never grow); not for
+    // the short sequences (cells) that read the weights in place.
+    const bool small_steps = !s.batch_sizes.empty() && s.batch_sizes.back() <= kSmallGemmMaxRows;
+    if (small_steps && !w.in_place && avx2::small_gemm_packed() && !avx512::supported()) {
+      if (transposed) {  // forward: B = w_hh^T (P x G*H)
+        w.w_hh_packed.resize(small_gemm_packed_size(s.P, GH));
+        pack_small_gemm_b(s.P, GH, w.w_hh_t.data(), GH, w.w_hh_packed.data());
+      } else {  // backward: B = w_hh (G*H x P)
+        w.w_hh_packed.resize(small_gemm_packed_size(GH, s.P));
+        pack_small_gemm_b(GH, s.P, w.w_hh, s.P, w.w_hh_packed.data());
+      }
     }
   }
   return w;
@@ -225,7 +250,7 @@ void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T
     if (lstm) gather_prev(p, H, Ad, ldA, c0, scratch.c_prev.data());
     const auto [B, ldb, trans_b] = w.rec_b(GH, P);
     step_gemm<T>(p.rows, GH, P, scratch.h_prev.data(), P, B, ldb, trans_b, scratch.rec.data(),
-                 GH, false);
+                 GH, false, trans_b ? nullptr : w.rec_packed());
     for_rows(p.rows, GH, [&](int64_t b) {
       const int64_t row = p.offset + b;
       if (lstm) {
@@ -345,7 +370,7 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
     });
     // GRU's rows already hold the direct carry dh z: accumulate onto it.
     step_gemm<T>(p.rows, P, GH, dGR + p.offset * GH, GH, w.w_hh, P, false, dhx, P,
-                 s.cell == CellKind::Gru);
+                 s.cell == CellKind::Gru, w.rec_packed());
   }
 }
 

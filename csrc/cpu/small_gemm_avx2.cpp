@@ -76,6 +76,42 @@ void small_gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
   }
 }
 
+// B packed in 24-column panels: every panel is one 4 x 24 register tile per 4 rows; the
+// last, partial panel goes through a 24-wide scratch row (its padding columns are zero
+// and are not stored). Each element is the same k-ordered sum as above.
+template <int R>
+void packed_rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp, float* C,
+                 int64_t ldc, bool accumulate) {
+  constexpr int64_t P = 24;
+  int64_t n = 0;
+  for (; n + P <= N; n += P)
+    tile<R, 3>(K, A, lda, Bp + (n / P) * K * P, P, C + n, ldc, accumulate);
+  if (n < N) {
+    float part[R][P];
+    tile<R, 3>(K, A, lda, Bp + (n / P) * K * P, P, &part[0][0], P, false);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < N - n; ++j) {
+        float* c = C + r * ldc + n + j;
+        *c = accumulate ? *c + part[r][j] : part[r][j];
+      }
+  }
+}
+
+void small_gemm_packed_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                            const float* Bp, float* C, int64_t ldc, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 4 <= M; m += 4)
+    packed_rows<4>(N, K, A + m * lda, lda, Bp, C + m * ldc, ldc, accumulate);
+  const float* Am = A + m * lda;
+  float* Cm = C + m * ldc;
+  switch (M - m) {
+    case 3: packed_rows<3>(N, K, Am, lda, Bp, Cm, ldc, accumulate); break;
+    case 2: packed_rows<2>(N, K, Am, lda, Bp, Cm, ldc, accumulate); break;
+    case 1: packed_rows<1>(N, K, Am, lda, Bp, Cm, ldc, accumulate); break;
+    default: break;
+  }
+}
+
 }  // namespace
 }  // namespace rnnfast::cpu::avx2
 
@@ -83,9 +119,14 @@ void small_gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
 
 namespace rnnfast::cpu::avx2 {
 
-SmallGemm small_gemm() {
+namespace {
+bool have_avx2_fma() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok ? &small_gemm_avx2 : nullptr;
+  return ok;
 }
+}  // namespace
+
+SmallGemm small_gemm() { return have_avx2_fma() ? &small_gemm_avx2 : nullptr; }
+SmallGemmPacked small_gemm_packed() { return have_avx2_fma() ? &small_gemm_packed_avx2 : nullptr; }
 
 }  // namespace rnnfast::cpu::avx2
