@@ -52,7 +52,7 @@ def test_ort_times_float32_forward_rows_and_dashes_the_rest(tmp_path, capsys):
     assert info["onnxruntime"] == onnxruntime.__version__
     assert info["session_options"] == {
         "providers": ["CPUExecutionProvider"], "intra_op_num_threads": torch.get_num_threads(),
-        "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL"}
+        "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL", "allow_spinning": False}
     assert info["counts"] == {"ok": 3, "FAILED": 0, "ERROR": 0, "n/a": 9, "not run": 0}
 
     fwd_cells = _ort_columns(doc, "fwd")

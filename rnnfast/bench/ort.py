@@ -64,7 +64,8 @@ def not_applicable(cfg: Config, dtype_name: str, device: str, mode: str) -> str 
 def session_options(threads: int) -> dict:
     """The settings of every session (recorded in the results)."""
     return {"providers": ["CPUExecutionProvider"], "intra_op_num_threads": threads,
-            "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL"}
+            "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+            "allow_spinning": False}
 
 
 class OrtBaseline:
@@ -88,6 +89,9 @@ class OrtBaseline:
             so.intra_op_num_threads = opts["intra_op_num_threads"]
             so.inter_op_num_threads = opts["inter_op_num_threads"]
             so.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+            # No spinning between runs: its idle threads would take a core from the torch and
+            # rnnfast runs interleaved with it.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             # the session reads the file now; the folder can go afterwards
             self.session = onnxruntime.InferenceSession(path, so, providers=opts["providers"])
         self.feeds = {"input": wl.x.numpy()}
