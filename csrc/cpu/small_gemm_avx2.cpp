@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "small_gemm.h"
 
@@ -62,18 +63,25 @@ void rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int
       tail_columns(N - n, K, A + r * lda, B + n, ldb, C + r * ldc + n, accumulate);
 }
 
-void small_gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-                     const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+// Calls f(R, m) for the row groups [m, m + R) of M rows: fours, then the 1-3 left (R is
+// a std::integral_constant, so each group size gets its own register tile).
+template <typename F>
+void for_row_groups(int64_t M, const F& f) {
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4) rows<4>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, accumulate);
-  const float* Am = A + m * lda;
-  float* Cm = C + m * ldc;
+  for (; m + 4 <= M; m += 4) f(std::integral_constant<int, 4>{}, m);
   switch (M - m) {
-    case 3: rows<3>(N, K, Am, lda, B, ldb, Cm, ldc, accumulate); break;
-    case 2: rows<2>(N, K, Am, lda, B, ldb, Cm, ldc, accumulate); break;
-    case 1: rows<1>(N, K, Am, lda, B, ldb, Cm, ldc, accumulate); break;
+    case 3: f(std::integral_constant<int, 3>{}, m); break;
+    case 2: f(std::integral_constant<int, 2>{}, m); break;
+    case 1: f(std::integral_constant<int, 1>{}, m); break;
     default: break;
   }
+}
+
+void small_gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                     const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  for_row_groups(M, [&](auto R, int64_t m) {
+    rows<R()>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, accumulate);
+  });
 }
 
 // B packed in 24-column panels: every panel is one 4 x 24 register tile per 4 rows; the
@@ -99,17 +107,9 @@ void packed_rows(int64_t N, int64_t K, const float* A, int64_t lda, const float*
 
 void small_gemm_packed_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                             const float* Bp, float* C, int64_t ldc, bool accumulate) {
-  int64_t m = 0;
-  for (; m + 4 <= M; m += 4)
-    packed_rows<4>(N, K, A + m * lda, lda, Bp, C + m * ldc, ldc, accumulate);
-  const float* Am = A + m * lda;
-  float* Cm = C + m * ldc;
-  switch (M - m) {
-    case 3: packed_rows<3>(N, K, Am, lda, Bp, Cm, ldc, accumulate); break;
-    case 2: packed_rows<2>(N, K, Am, lda, Bp, Cm, ldc, accumulate); break;
-    case 1: packed_rows<1>(N, K, Am, lda, Bp, Cm, ldc, accumulate); break;
-    default: break;
-  }
+  for_row_groups(M, [&](auto R, int64_t m) {
+    packed_rows<R()>(N, K, A + m * lda, lda, Bp, C + m * ldc, ldc, accumulate);
+  });
 }
 
 }  // namespace

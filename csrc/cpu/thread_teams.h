@@ -28,14 +28,16 @@ struct TeamPlan {
   bool per_direction = false;
 };
 
-inline TeamPlan plan_team(const RnnSizes& s) {
+// split_columns = false: loops that cannot split a step's columns (the gated cells')
+// get a team only for the two directions.
+inline TeamPlan plan_team(const RnnSizes& s, bool split_columns = true) {
   TeamPlan p;
   const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
   if (nt < 2) return p;
   if (s.D == 2) {
     p.threads = 2;
     p.per_direction = true;
-  } else if (s.N * s.H * s.H >= kTeamMinFlops && s.H >= 32) {
+  } else if (split_columns && s.N * s.H * s.H >= kTeamMinFlops && s.H >= 32) {
     p.threads = static_cast<int>(std::min<int64_t>(nt, s.H / 16));
   }
   return p;
@@ -85,13 +87,11 @@ void run_directions(const RnnSizes& s, Body body) {
 // BLAS calls and parallel loops inside then run on their own thread); else in turn.
 template <typename Body>
 void for_each_direction(const RnnSizes& s, Body body) {
-  const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (s.D == 2 && nt >= 2) {
-#pragma omp parallel num_threads(2)
-    body(static_cast<int64_t>(omp_get_thread_num()));
-    return;
-  }
-  for (int64_t d = 0; d < s.D; ++d) body(d);
+  const TeamPlan plan = plan_team(s, /*split_columns=*/false);
+  run_team(plan, [&](int tid, int) {
+    for (int64_t d = 0; d < s.D; ++d)
+      if (!plan.per_direction || d == tid) body(d);
+  });
 }
 
 }  // namespace rnnfast::cpu
