@@ -60,6 +60,27 @@ class Case:
     bidirectional: bool
 
 
+def _sequence_input(g, T, N, I, lengths, out_width):
+    """Float64 input of a case: dense (T, N, I), or with `lengths` the packed data of an
+    unsorted batch. Returns x, batch_sizes, N, the output's shape and its row count."""
+    if lengths is None:
+        x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+        return x, None, N, (T, N, out_width), T * N
+    N, T = len(lengths), max(lengths)
+    padded = torch.randn(T, N, I, generator=g, dtype=torch.float64)
+    packed = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False)
+    rows = packed.data.shape[0]
+    return packed.data, packed.batch_sizes, N, (rows, out_width), rows
+
+
+def _dropout_masks(g, dropout, num_layers, rows, width):
+    """Inter-layer dropout masks (scaled keep masks), or None."""
+    if not (dropout and num_layers > 1):
+        return None
+    keep = torch.rand(num_layers - 1, rows, width, generator=g, dtype=torch.float64) > dropout
+    return keep.double() / (1 - dropout)
+
+
 def make_case(num_layers=1, bidirectional=False, nonlinearity="tanh", bias=True, lengths=None,
               dropout=0.0, T=7, N=5, I=6, H=33, seed=0) -> Case:
     g = torch.Generator().manual_seed(seed)
@@ -76,22 +97,9 @@ def make_case(num_layers=1, bidirectional=False, nonlinearity="tanh", bias=True,
             weights += [uniform(H, I_l), uniform(H, H)]
             if bias:
                 weights += [uniform(H), uniform(H)]
-    if lengths is None:
-        x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
-        batch_sizes = None
-        out_shape = (T, N, D * H)
-    else:
-        N, T = len(lengths), max(lengths)
-        padded = torch.randn(T, N, I, generator=g, dtype=torch.float64)
-        packed = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False)
-        x, batch_sizes = packed.data, packed.batch_sizes
-        out_shape = (x.shape[0], D * H)
-    rows = x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)
+    x, batch_sizes, N, out_shape, rows = _sequence_input(g, T, N, I, lengths, D * H)
     hx = torch.randn(num_layers * D, N, H, generator=g, dtype=torch.float64) * 0.5
-    masks = None
-    if dropout and num_layers > 1:
-        keep = torch.rand(num_layers - 1, rows, D * H, generator=g, dtype=torch.float64) > dropout
-        masks = keep.double() / (1 - dropout)
+    masks = _dropout_masks(g, dropout, num_layers, rows, D * H)
     return Case(
         x, hx, weights, batch_sizes, masks,
         torch.randn(*out_shape, generator=g, dtype=torch.float64),
@@ -532,24 +540,11 @@ def make_gated_case(mode, num_layers=1, bidirectional=False, bias=True, proj_siz
                 weights += [uniform(G * H), uniform(G * H)]
             if proj_size > 0:
                 weights.append(uniform(P, H))
-    if lengths is None:
-        x = torch.randn(T, N, I, generator=g, dtype=torch.float64)
-        batch_sizes = None
-        out_shape = (T, N, D * P)
-    else:
-        N, T = len(lengths), max(lengths)
-        padded = torch.randn(T, N, I, generator=g, dtype=torch.float64)
-        packed = pack_padded_sequence(padded, torch.tensor(lengths), enforce_sorted=False)
-        x, batch_sizes = packed.data, packed.batch_sizes
-        out_shape = (x.shape[0], D * P)
-    rows = x.shape[0] * (x.shape[1] if x.dim() == 3 else 1)
+    x, batch_sizes, N, out_shape, rows = _sequence_input(g, T, N, I, lengths, D * P)
     widths = [P, H] if mode == "LSTM" else [H]
     hx = [torch.randn(num_layers * D, N, w, generator=g, dtype=torch.float64) * 0.5
           for w in widths]
-    masks = None
-    if dropout and num_layers > 1:
-        keep = torch.rand(num_layers - 1, rows, D * P, generator=g, dtype=torch.float64) > dropout
-        masks = keep.double() / (1 - dropout)
+    masks = _dropout_masks(g, dropout, num_layers, rows, D * P)
     grad_out = torch.randn(*out_shape, generator=g, dtype=torch.float64)
     grad_hn = [torch.randn(num_layers * D, N, w, generator=g, dtype=torch.float64)
                for w in widths]
