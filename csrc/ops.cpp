@@ -42,12 +42,15 @@ TORCH_LIBRARY(rnnfast, m) {
       "bool bidirectional, bool train) -> (Tensor output, Tensor[] h_n, Tensor[] workspace)");
   // Backpropagation through time for rnn_forward. grad_output and the entries of
   // grad_h_n may be None (treated as zeros). Returns the gradients of input, of each
-  // hx state and of every weight.
+  // hx state and of every weight. output_mask: whether grad_input and grad_hx are
+  // wanted; one that is not comes back as None (grad_input) or an empty list
+  // (grad_hx), and the products that only it needs are skipped.
   m.def(
       "_rnn_backward(Tensor? grad_output, Tensor?[] grad_h_n, Tensor input, Tensor[] hx, "
       "Tensor[] weights, Tensor? batch_sizes, Tensor? dropout_masks, Tensor output, "
       "Tensor[] workspace, str mode, bool has_biases, int num_layers, int proj_size, "
-      "bool bidirectional) -> (Tensor grad_input, Tensor[] grad_hx, Tensor[] grad_weights)");
+      "bool bidirectional, bool[2] output_mask=[True, True]) -> (Tensor grad_input, "
+      "Tensor[] grad_hx, Tensor[] grad_weights)");
   // One step of an Elman cell: h = act(input @ w_ih^T + b_ih + hx @ w_hh^T + b_hh).
   //   input (N, H_in), hx (N, H), w_ih (H, H_in), w_hh (H, H), b_ih / b_hh (H) or None
   m.def(
@@ -55,11 +58,13 @@ TORCH_LIBRARY(rnnfast, m) {
       "Tensor? b_hh, str nonlinearity) -> Tensor");
   // Backward of rnn_cell_forward, given its output h. Returns the gradients of
   // input, hx, w_ih, w_hh and of the bias (one tensor: b_ih and b_hh share it;
-  // empty when there is no bias).
+  // empty when there is no bias). output_mask: whether grad_input and grad_hx are
+  // wanted; one that is not comes back as None and its product is skipped.
   m.def(
       "_rnn_cell_backward(Tensor grad_h, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, "
-      "Tensor h, bool has_bias, str nonlinearity) -> (Tensor grad_input, Tensor grad_hx, "
-      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+      "Tensor h, bool has_bias, str nonlinearity, bool[2] output_mask=[True, True]) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_bias)");
   // How many persistent-kernel launches (CUDA, one per layer forward or backward)
   // this process has made: lets tests and benchmarks see which path ran.
   m.def("_persistent_launches() -> int", &rnnfast::persistent_launches);
@@ -89,12 +94,12 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
     at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
     at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
-    int64_t proj_size, bool bidirectional) {
+    int64_t proj_size, bool bidirectional, std::array<bool, 2> output_mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("rnnfast::_rnn_backward", "")
                        .typed<decltype(rnn_backward)>();
   return op.call(grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output,
-                 workspace, mode, has_biases, num_layers, proj_size, bidirectional);
+                 workspace, mode, has_biases, num_layers, proj_size, bidirectional, output_mask);
 }
 
 at::Tensor rnn_cell_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,

@@ -17,14 +17,38 @@ std::string shape_str(std::initializer_list<int64_t> sizes) {
   return shape_str(at::IntArrayRef(sizes));
 }
 
-void check_float_tensor(const char* op, const char* name, const at::Tensor& t) {
+// Argument names for the messages, written out only when a check fails: the checks
+// run on every call, and a cell or streaming step is a call per time step.
+struct Indexed {  // e.g. hx[1]
+  const char* list;
+  int64_t k;
+};
+std::ostream& operator<<(std::ostream& os, const Indexed& n) {
+  return os << n.list << "[" << n.k << "]";
+}
+
+struct WeightName {  // e.g. weights[5] (weight_hh_l1_reverse)
+  const RnnSizes& s;
+  int64_t layer, dir, k;
+};
+std::ostream& operator<<(std::ostream& os, const WeightName& n) {
+  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+  const bool is_hr = n.s.has_proj && n.k == n.s.weights_per_layer() - 1;
+  return os << "weights[" << n.s.weight_index(n.layer, n.dir, n.k) << "] ("
+            << (is_hr ? "weight_hr" : kinds[n.k]) << "_l" << n.layer
+            << (n.dir == 1 ? "_reverse" : "") << ")";
+}
+
+template <typename Name>
+void check_float_tensor(const char* op, const Name& name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
   TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
               " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ",
               t.scalar_type());
 }
 
-void check_same(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+template <typename Name>
+void check_same(const char* op, const Name& name, const at::Tensor& t, const at::Tensor& ref,
                 const char* ref_name) {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have the dtype of ",
               ref_name, " (", ref.scalar_type(), "), got ", t.scalar_type());
@@ -32,20 +56,11 @@ void check_same(const char* op, const char* name, const at::Tensor& t, const at:
               " (", ref.device(), "), got ", t.device());
 }
 
-void check_shape(const char* op, const std::string& name, const at::Tensor& t,
+template <typename Name>
+void check_shape(const char* op, const Name& name, const at::Tensor& t,
                  at::IntArrayRef expected) {
   TORCH_CHECK(t.sizes().equals(expected), op, ": ", name, " must have shape ",
               shape_str(expected), ", got ", shape_str(t.sizes()));
-}
-
-std::string weight_name(const RnnSizes& s, int64_t layer, int64_t dir, int64_t k) {
-  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
-  const bool is_hr = s.has_proj && k == s.weights_per_layer() - 1;
-  std::ostringstream os;
-  os << "weights[" << s.weight_index(layer, dir, k) << "] ("
-     << (is_hr ? "weight_hr" : kinds[k]) << "_l" << layer << (dir == 1 ? "_reverse" : "")
-     << ")";
-  return os.str();
 }
 
 const char* mode_name(CellKind k) {
@@ -155,9 +170,9 @@ RnnSizes check_rnn_args(const char* op, const at::Tensor& input, at::TensorList 
               " tensor", s.states() == 2 ? "s" : "", " for mode ", mode_name(s.cell),
               s.states() == 2 ? " ([h0, c0])" : " ([h0])", ", got ", hx.size());
   for (const auto k : c10::irange(s.states())) {
-    const std::string name = "hx[" + std::to_string(k) + "]";
-    check_float_tensor(op, name.c_str(), hx[k]);
-    check_same(op, name.c_str(), hx[k], input, "input");
+    const Indexed name{"hx", k};
+    check_float_tensor(op, name, hx[k]);
+    check_same(op, name, hx[k], input, "input");
     check_shape(op, name, hx[k], {s.NL * s.D, s.N, k == 0 ? s.P : s.H});
   }
 
@@ -165,9 +180,9 @@ RnnSizes check_rnn_args(const char* op, const at::Tensor& input, at::TensorList 
     for (const auto dir : c10::irange(s.D)) {
       for (const auto k : c10::irange(s.weights_per_layer())) {
         const at::Tensor& w = weights[s.weight_index(layer, dir, k)];
-        const std::string name = weight_name(s, layer, dir, k);
+        const WeightName name{s, layer, dir, k};
         TORCH_CHECK(w.defined(), op, ": ", name, " is undefined");
-        check_same(op, name.c_str(), w, input, "input");
+        check_same(op, name, w, input, "input");
         if (s.has_proj && k == s.weights_per_layer() - 1)
           check_shape(op, name, w, {s.P, s.H});
         else if (k == 0)
@@ -201,8 +216,8 @@ void check_rnn_backward_args(const RnnSizes& s, const at::Tensor& input,
   TORCH_CHECK(workspace.size() == shapes.size(), op, ": workspace must hold ", shapes.size(),
               " tensors for mode ", mode_name(s.cell), ", got ", workspace.size());
   for (const auto k : c10::irange(shapes.size())) {
-    const std::string name = "workspace[" + std::to_string(k) + "]";
-    check_same(op, name.c_str(), workspace[k], input, "input");
+    const Indexed name{"workspace", static_cast<int64_t>(k)};
+    check_same(op, name, workspace[k], input, "input");
     check_shape(op, name, workspace[k], shapes[k]);
   }
   if (grad_output.has_value() && grad_output->defined()) {
@@ -214,8 +229,8 @@ void check_rnn_backward_args(const RnnSizes& s, const at::Tensor& input,
   for (const auto k : c10::irange(s.states())) {
     const std::optional<at::Tensor> g = grad_h_n.get(k);
     if (!g.has_value() || !g->defined()) continue;
-    const std::string name = "grad_h_n[" + std::to_string(k) + "]";
-    check_same(op, name.c_str(), *g, input, "input");
+    const Indexed name{"grad_h_n", k};
+    check_same(op, name, *g, input, "input");
     check_shape(op, name, *g, {s.NL * s.D, s.N, k == 0 ? s.P : s.H});
   }
 }

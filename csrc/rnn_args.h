@@ -2,6 +2,8 @@
 // Shared by every backend so that bad input gets the same message on CPU and CUDA.
 #pragma once
 
+#include <array>
+
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
 #include <atomic>
@@ -95,6 +97,16 @@ struct BackwardOutputs {
   at::Tensor grad_input;
   std::vector<at::Tensor> grad_hx, grad_weights;
 };
+
+// _rnn_backward's results under its output_mask (whether grad_input and grad_hx are
+// wanted): an unwanted grad_input comes back undefined (None), unwanted grad_hx as an
+// empty list.
+inline std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> masked(
+    BackwardOutputs out, std::array<bool, 2> output_mask) {
+  if (!output_mask[0]) out.grad_input = at::Tensor();
+  if (!output_mask[1]) out.grad_hx.clear();
+  return {std::move(out.grad_input), std::move(out.grad_hx), std::move(out.grad_weights)};
+}
 
 // rnn_forward's results, uninitialised; zeros when nothing_to_compute(s).
 ForwardOutputs allocate_forward_outputs(const RnnSizes& s, const at::Tensor& input);

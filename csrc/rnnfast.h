@@ -1,12 +1,12 @@
 // Public C++ API of rnnfast: typed entry points that call the dispatcher, so C++
 // callers get the same device dispatch and checks as Python. Shapes are documented
-// on the schemas in ops.cpp. (rnn_cell_forward has a C++ autograd kernel,
-// autograd.cpp; rnn_forward's autograd is registered from Python, so C++ callers who
-// train a sequence call rnn_backward themselves.)
+// on the schemas in ops.cpp. rnn_forward and rnn_cell_forward have C++ autograd
+// kernels (autograd.cpp), so C++ callers get gradients through them too.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <c10/util/string_view.h>
+#include <array>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -26,7 +26,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
     at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
     at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
-    int64_t proj_size, bool bidirectional);
+    int64_t proj_size, bool bidirectional, std::array<bool, 2> output_mask = {true, true});
 
 at::Tensor rnn_cell_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,

@@ -238,7 +238,7 @@ def _rnn_forward_fake(
 @torch.library.register_fake("rnnfast::_rnn_backward")
 def _rnn_backward_fake(
     grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, output, workspace,
-    mode, has_biases, num_layers, proj_size, bidirectional,
+    mode, has_biases, num_layers, proj_size, bidirectional, output_mask=(True, True),
 ):
     _, H, P, _, N, rows = _validate_rnn("rnnfast._rnn_backward", input, hx, weights,
                                         batch_sizes, dropout_masks, mode, has_biases,
@@ -246,8 +246,9 @@ def _rnn_backward_fake(
     _validate_rnn_backward(input, grad_output, grad_h_n, output, workspace, mode, num_layers,
                            bidirectional, H, P, N, rows, batch_sizes is not None)
     return (
-        torch.empty_like(input, memory_format=torch.contiguous_format),
-        [torch.empty_like(h, memory_format=torch.contiguous_format) for h in hx],
+        torch.empty_like(input, memory_format=torch.contiguous_format) if output_mask[0] else None,
+        [torch.empty_like(h, memory_format=torch.contiguous_format) for h in hx]
+        if output_mask[1] else [],
         [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights],
     )
 
@@ -259,15 +260,16 @@ def _rnn_cell_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
 
 
 @torch.library.register_fake("rnnfast::_rnn_cell_backward")
-def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinearity):
+def _rnn_cell_backward_fake(grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinearity,
+                            output_mask=(True, True)):
     op = "rnnfast._rnn_cell_backward"
     N, _, H = _validate_cell(op, input, hx, w_ih, w_hh, None, None, nonlinearity)
     _check_like(op, "grad_h", grad_h, input, (N, H))
     _check_like(op, "h", h, input, (N, H))
     H = w_hh.shape[0]
     return (
-        input.new_empty(input.shape),
-        hx.new_empty(hx.shape),
+        input.new_empty(input.shape) if output_mask[0] else None,
+        hx.new_empty(hx.shape) if output_mask[1] else None,
         w_ih.new_empty(w_ih.shape),
         w_hh.new_empty(w_hh.shape),
         input.new_empty(H if has_bias else 0),
@@ -300,19 +302,10 @@ def _rnn_forward_saved(ctx):
     return input, hx, batch_sizes, masks, out, workspace, weights
 
 
-def _rnn_forward_backward(ctx, grad_output, grad_h_n, _grad_workspace):
-    input, hx, batch_sizes, masks, out, workspace, weights = _rnn_forward_saved(ctx)
-    grad_input, grad_hx, grad_weights = _lib._rnn_backward(
-        grad_output, list(grad_h_n), input, hx, weights, batch_sizes, masks, out, workspace,
-        *ctx.attrs,
-    )
-    # One gradient per input: input, hx, weights, then 8 non-tensor / non-differentiable.
-    return (grad_input, list(grad_hx), list(grad_weights)) + (None,) * 8
-
-
-torch.library.register_autograd(
-    "rnnfast::rnn_forward", _rnn_forward_backward, setup_context=_rnn_forward_setup
-)
+# rnn_forward's autograd kernel is in C++ (csrc/autograd.cpp), the same formula:
+# a streaming or cell call runs the op once per step, and a Python formula would cost
+# as much as a small step. _rnn_forward_setup / _rnn_forward_saved serve the
+# torch.func path (functional._RNNForward).
 
 
 # Double backward. _rnn_backward's `output` and `workspace` arguments are always
@@ -403,9 +396,20 @@ def _rnn_double_backward_fake(
     )
 
 
+def _n_args(inputs, output_mask) -> int:
+    """How many gradients register_autograd expects back from a backward op's backward:
+    one per argument the call kept. The dispatcher drops a trailing output_mask equal
+    to its default [True, True] (setup_context sees it filled back in); the
+    autograd.Functions of functional.py pass none."""
+    if output_mask and list(output_mask[0]) == [True, True]:
+        return len(inputs) - 1
+    return len(inputs)
+
+
 def _rnn_backward_setup(ctx, inputs, output):
     (grad_output, grad_h_n, input, hx, weights, batch_sizes, dropout_masks, _out, workspace,
-     mode, has_biases, num_layers, proj_size, bidirectional) = inputs
+     mode, has_biases, num_layers, proj_size, bidirectional, *output_mask) = inputs
+    ctx.n_args = _n_args(inputs, output_mask)
     ctx.attrs = (mode, has_biases, num_layers, proj_size, bidirectional)
     ctx.has_go = grad_output is not None
     ctx.has_ghn = [g is not None for g in grad_h_n]
@@ -429,7 +433,8 @@ def _rnn_backward_double(ctx, gg_input, gg_hx, gg_weights):
     hx = list(saved[2 + S : 2 + 2 * S])
     batch_sizes, dropout_masks = saved[2 + 2 * S : 4 + 2 * S]
     weights = list(saved[4 + 2 * S :])
-    gg_hx = list(gg_hx) if gg_hx is not None else [None] * S
+    # Empty (or None) where the first backward's output_mask left grad_hx out.
+    gg_hx = list(gg_hx) if gg_hx else [None] * S
     gg_weights = list(gg_weights) if gg_weights is not None else [None] * len(weights)
     g_go, g_ghn, g_x, g_h0, g_w = _lib._rnn_double_backward(
         gg_input, gg_hx, gg_weights, grad_output if ctx.has_go else None,
@@ -447,8 +452,9 @@ def _rnn_backward_backward(ctx, gg_input, gg_hx, gg_weights):
     # (its tensors are not autograd inputs), whose gradient must then be None.
     if not all(ctx.has_ghn):
         g_ghn = None
-    return (g_go, g_ghn, g_x, g_h0, g_w, None, None, None, [None] * ctx.n_workspace,
-            None, None, None, None, None)
+    grads = (g_go, g_ghn, g_x, g_h0, g_w, None, None, None, [None] * ctx.n_workspace,
+             None, None, None, None, None, None)
+    return grads[:ctx.n_args]
 
 
 torch.library.register_autograd(
@@ -474,7 +480,8 @@ def _cell_setup(ctx, inputs, output):
 
 
 def _cell_backward_setup(ctx, inputs, output):
-    grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinearity = inputs
+    grad_h, input, hx, w_ih, w_hh, h, has_bias, nonlinearity, *output_mask = inputs
+    ctx.n_args = _n_args(inputs, output_mask)
     ctx.nonlinearity = nonlinearity
     ctx.has_bias = has_bias
     ctx.save_for_backward(grad_h, input, hx, w_ih, w_hh, h)
@@ -506,7 +513,7 @@ def _cell_backward_backward(ctx, gg_x, gg_hx, gg_wi, gg_wh, gg_b):
     g_hx = dz @ gg_wh if gg_wh is not None else None
     g_wi = dz.t() @ gg_x if gg_x is not None else None
     g_wh = dz.t() @ gg_hx if gg_hx is not None else None
-    return g_grad_h, g_x, g_hx, g_wi, g_wh, g_h, None, None
+    return (g_grad_h, g_x, g_hx, g_wi, g_wh, g_h, None, None, None)[:ctx.n_args]
 
 
 torch.library.register_autograd(

@@ -22,6 +22,9 @@ from torch.nn.utils.rnn import PackedSequence
 from . import functional as F_rnn
 from . import onnx as rnnfast_onnx
 
+# The library is loaded by the package's __init__ before this module.
+_rnn_forward = torch.ops.rnnfast.rnn_forward.default
+
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
 
@@ -556,24 +559,39 @@ class RNNCell(nn.RNNCellBase):
 
 
 def _cell_step(mode: str, input: Tensor, states: list[Tensor], w_ih, w_hh, b_ih, b_hh):
-    """One step of an LSTM or GRU cell: one call of functional._sequence with T = 1 and
-    one layer; returns the new states [h'] or [h', c'], each (N, H)."""
-    weights = [w_ih, w_hh] if b_ih is None else [w_ih, w_hh, b_ih, b_hh]
-    _, h_n = F_rnn._sequence(
-        mode,
-        input.unsqueeze(0),
-        [s.unsqueeze(0) for s in states],
-        weights,
-        batch_sizes=None,
-        has_biases=b_ih is not None,
-        num_layers=1,
-        proj_size=0,
-        dropout=0.0,
-        train=False,
-        bidirectional=False,
-        batch_first=False,
-    )
-    return [h[0] for h in h_n]
+    """One step of an LSTM or GRU cell: one rnn_forward call with T = 1 and one layer;
+    returns the new states [h'] or [h', c'], each (N, H). The tensors are already
+    checked and cast (autocast) by the caller."""
+    has_biases = b_ih is not None
+    weights = [w_ih, w_hh, b_ih, b_hh] if has_biases else [w_ih, w_hh]
+    hx = [s.unsqueeze(0) for s in states]
+    if F_rnn._in_functorch_transform():
+        _, h_n = F_rnn._sequence(
+            mode, input.unsqueeze(0), hx, weights, batch_sizes=None, has_biases=has_biases,
+            num_layers=1, proj_size=0, dropout=0.0, train=False, bidirectional=False,
+            batch_first=False)
+    else:
+        # The op directly: a cell is called once per step, and _sequence's Python
+        # (autocast, dropout, layout) has nothing to do here.
+        _, h_n, _ = _rnn_forward(input.unsqueeze(0), hx, weights, None, None, mode, has_biases,
+                                 1, 0, False, F_rnn._keep_for_backward(input, hx, weights))
+    return [h.squeeze(0) for h in h_n]
+
+
+def _fast_cell_step(mode: str, input: Tensor, states: list[Tensor], w_ih, w_hh, b_ih, b_hh):
+    """_cell_step when the op accepts the arguments as they are, else None.
+
+    A cell runs once per time step, and checking its arguments in Python first costs
+    as much as the step at small sizes: the op checks them itself (the same sizes,
+    dtypes and devices). Anything it refuses is left to the caller's checked path,
+    which raises torch's own error or handles torch's quirks (broadcast, promotion).
+    Traced (torch.compile) calls take the checked path."""
+    if (b_ih is None) != (b_hh is None) or torch.compiler.is_compiling():
+        return None
+    try:
+        return _cell_step(mode, input, states, w_ih, w_hh, b_ih, b_hh)
+    except RuntimeError:
+        return None
 
 
 class LSTMCell(nn.RNNCellBase):
@@ -627,6 +645,10 @@ class LSTMCell(nn.RNNCellBase):
         input, h, c, w_ih, w_hh, b_ih, b_hh = F_rnn._autocast(
             input, hx[0], hx[1], self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         )
+        states = _fast_cell_step("LSTM", input, [h, c], w_ih, w_hh, b_ih, b_hh)
+        if states is not None:
+            h1, c1 = states
+            return (h1, c1) if is_batched else (h1.squeeze(0), c1.squeeze(0))
         out_dtype = input.dtype
         broadcast = False
         if not _cell_args_ok(input, (h, c), w_ih, w_hh, b_ih, b_hh, gates=4):
@@ -700,6 +722,9 @@ class GRUCell(nn.RNNCellBase):
         input, hx, w_ih, w_hh, b_ih, b_hh = F_rnn._autocast(
             input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         )
+        states = _fast_cell_step("GRU", input, [hx], w_ih, w_hh, b_ih, b_hh)
+        if states is not None:
+            return states[0] if is_batched else states[0].squeeze(0)
         if not _cell_args_ok(input, hx, w_ih, w_hh, b_ih, b_hh, gates=3):
             # aten::gru_cell's order: input size, hidden0, then the weights.
             hidden_size = w_hh.size(1)

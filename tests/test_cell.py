@@ -11,7 +11,9 @@ Specification (compat §1.4, §3.6):
     inconsistent input_size: got 11 expected 10", "Input batch size 3 doesn't match
     hidden0 batch size 5", "hidden0 has inconsistent hidden_size: got 21, expected 20")
     and the dtype mismatches raised by addmm;
-  * the forward really runs torch.ops.rnnfast.rnn_cell_forward.
+  * the forward really runs torch.ops.rnnfast.rnn_cell_forward;
+  * its backward op leaves out the input and hx gradients when the output mask says
+    nobody wants them (None), with the weight gradients bitwise unchanged.
 """
 
 from __future__ import annotations
@@ -199,6 +201,24 @@ def test_forward_runs_the_fused_cell_op(monkeypatch):
     _, new = make_pair(3, 4)
     new(torch.randn(2, 3))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("mask", [[False, False], [True, False], [False, True]])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_cell_backward_output_mask(nonlinearity, mask):
+    ops = torch.ops.rnnfast
+    x, h = randn(3, 5, seed=2), randn(3, 4, seed=3)
+    w_ih, w_hh = randn(4, 5, seed=4), randn(4, 4, seed=5)
+    h1 = ops.rnn_cell_forward(x, h, w_ih, w_hh, None, None, nonlinearity)
+    g = randn(3, 4, seed=6)
+    full = ops._rnn_cell_backward(g, x, h, w_ih, w_hh, h1, False, nonlinearity)
+    part = ops._rnn_cell_backward(g, x, h, w_ih, w_hh, h1, False, nonlinearity, mask)
+    for k, wanted in enumerate(mask):
+        assert (part[k] is None) == (not wanted)
+        if wanted:
+            assert torch.equal(part[k], full[k])
+    for got, want in zip(part[2:], full[2:]):
+        assert torch.equal(got, want)
 
 
 def test_vmap_over_the_cell_matches_a_loop():

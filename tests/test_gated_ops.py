@@ -7,7 +7,11 @@ Specification:
     a backward given the workspace of a train=False forward), on the CPU and, through
     the fake kernels, on the meta device alike.
   * torch.library.opcheck passes for each mode (dense, packed, dropout masks, N=0; with
-    and without requires_grad), for both ops.
+    and without requires_grad), for both ops, and for _rnn_backward with an output mask.
+  * Output mask: _rnn_backward leaves out grad_input (None) and grad_hx (an empty list)
+    when asked to, with every other gradient bitwise unchanged; the autograd kernels of
+    the modules (sequence and step cells) ask for exactly the gradients whose inputs
+    require grad.
   * float64 gradcheck and gradgradcheck pass through rnnfast.LSTM (with and without
     projections) and rnnfast.GRU: dense, bidirectional and packed.
   * torch.compile(fullgraph=True) of rnnfast.LSTM / GRU: one graph holding
@@ -18,7 +22,7 @@ Specification:
   * state_dict loads both ways between torch and rnnfast (projection mismatches fail with
     torch's message); rnnfast.convert / to_torch swap all four classes; deepcopy and
     torch.save / torch.load of whole modules keep working modules.
-  * On a CUDA tensor, LSTM and GRU raise NotImplementedError (no silent CPU copy).
+  * On a CUDA tensor, LSTM and GRU run the CUDA kernels (no silent copy to the CPU).
 """
 
 from __future__ import annotations
@@ -317,6 +321,98 @@ def test_opcheck_rnn_backward(cell, sample, grads):
     x, hx, weights = leaves[0], leaves[1:1 + len(hx)], leaves[1 + len(hx):]
     _opcheck(ops._rnn_backward.default,
              (go, gh, x, hx, weights, batch_sizes, masks, out, ws, *attrs))
+
+
+def test_opcheck_rnn_backward_with_output_mask():
+    """_rnn_backward asked for the weight gradients only: schema, fake kernel (None and
+    an empty list for the unwanted gradients) and AOT dispatch agree with the kernel."""
+    args = _sample_args("lstm", SAMPLES[1], False, seed=2)
+    x, hx, weights, batch_sizes, masks, *attrs = args
+    out, h_n, ws = ops.rnn_forward(*args, True)
+    _opcheck(ops._rnn_backward.default,
+             (randn(*out.shape), [None] * len(h_n), x, hx, weights, batch_sizes, masks, out, ws,
+              *attrs, [False, False]))
+
+
+# ---------------------------------------------------------------------------
+# Output mask: the backward computes only the gradients somebody wants
+# ---------------------------------------------------------------------------
+
+OUTPUT_MASKS = [[False, False], [True, False], [False, True]]
+
+
+@pytest.mark.parametrize("mask", OUTPUT_MASKS, ids=lambda m: "-".join(map(str, m)))
+@pytest.mark.parametrize("cell", ["rnn_tanh", *GATED])
+def test_output_mask_leaves_out_only_the_unwanted_gradients(cell, mask):
+    """An unwanted grad_input is None and unwanted grad_hx an empty list; every other
+    gradient is bitwise the one of the full call (CPU), and the meta device (fake
+    kernel) returns the same structure."""
+    a = _backward_call(cell)
+    full = ops._rnn_backward(**a)
+    part = ops._rnn_backward(**a, output_mask=mask)
+    assert (part[0] is None) == (not mask[0])
+    assert len(part[1]) == (len(full[1]) if mask[1] else 0)
+    if mask[0]:
+        assert torch.equal(part[0], full[0])
+    for got, want in zip(part[1], full[1]):
+        assert torch.equal(got, want)
+    for got, want in zip(part[2], full[2], strict=True):
+        assert torch.equal(got, want)
+    meta = {k: (v.to("meta") if isinstance(v, torch.Tensor)
+                else [t.to("meta") if isinstance(t, torch.Tensor) else t for t in v]
+                if isinstance(v, list) else v) for k, v in a.items()}
+    meta["batch_sizes"] = a["batch_sizes"]
+    fake = ops._rnn_backward(**meta, output_mask=mask)
+    assert (fake[0] is None) == (not mask[0]) and len(fake[1]) == len(part[1])
+    assert [w.shape for w in fake[2]] == [w.shape for w in part[2]]
+
+
+class _BackwardSpy(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the output_mask of every _rnn_backward / _rnn_cell_backward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (ops._rnn_backward.default, ops._rnn_cell_backward.default):
+            schema_args = func._schema.arguments
+            bound = dict(zip([a.name for a in schema_args], args)) | kwargs
+            self.masks.append(list(bound.get("output_mask", [True, True])))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "rnn_cell_tanh", "lstm_cell",
+                                  "gru_cell"])
+def test_module_backward_asks_only_for_the_gradients_that_require_grad(cell):
+    """Through the C++ autograd kernels: when only the weights require grad the backward
+    op is told so (output_mask [False, False]) and the weight gradients are bitwise
+    those of a backward that also computes the input and state gradients; with the input
+    and the state requiring grad, it asks for both."""
+    torch_m, m = make_pair(cell, 3, 4, dtype=torch.float32)
+    step = "_cell" in cell
+    x = randn(2, 3, dtype=torch.float32) if step else randn(5, 2, 3, dtype=torch.float32)
+    hx = random_cell_hx(m, 2, dtype=torch.float32, requires_grad=False) if step else \
+        random_hx(m, 2, dtype=torch.float32, requires_grad=False)
+
+    def weight_grads(x, hx):
+        m.zero_grad(set_to_none=True)
+        spy = _BackwardSpy()
+        with spy:
+            out = m(x, hx)
+            sum(t.sum() for t in result_tensors(out)).backward()
+        return [p.grad.clone() for p in m.parameters()], spy.masks
+
+    only_weights, masks = weight_grads(x, hx)
+    assert masks == [[False, False]]
+    x2 = x.clone().requires_grad_()
+    hx2 = map_states(lambda t: t.clone().requires_grad_(), hx)
+    everything, masks = weight_grads(x2, hx2)
+    assert masks == [[True, True]]
+    assert x2.grad is not None and all(t.grad is not None for t in states(hx2))
+    for a, b in zip(only_weights, everything, strict=True):
+        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------

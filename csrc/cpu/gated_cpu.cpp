@@ -315,11 +315,12 @@ struct BackwardScratch {
 // BPTT of one direction of one layer. dY (rows, D*P) holds the output gradient and
 // becomes dH (with the carried gradient); dGW / dGR (rows, G*H) receive the gate
 // gradients; dhx / dcx this layer-direction's blocks of grad_hx; ghn / gcn those of
-// grad_h_n (null: zero).
+// grad_h_n (null: zero). need_dhx: false when nobody wants grad_hx.
 template <typename T>
 void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, const T* Y,
                         const T* gates, const T* aux, const T* h0, const T* c0, T* dY,
-                        const T* ghn, const T* gcn, T* dhx, T* dcx, BackwardScratch<T>& sc) {
+                        const T* ghn, const T* gcn, T* dhx, T* dcx, bool need_dhx,
+                        BackwardScratch<T>& sc) {
   const int64_t H = s.H, P = s.P, GH = s.G * s.H;
   const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
   const T* Yd = Y + d * P;
@@ -368,6 +369,8 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
                             dYd + row * ldY, dGW + row * GH, dGR + row * GH, dhx + b * P);
       }
     });
+    // The first step's product only feeds grad_hx (at T = 1, one of the four GEMMs).
+    if (i == 0 && !need_dhx) break;
     // GRU's rows already hold the direct carry dh z: accumulate onto it.
     step_gemm<T>(p.rows, P, GH, dGR + p.offset * GH, GH, w.w_hh, P, false, dhx, P,
                  s.cell == CellKind::Gru, w.rec_packed());
@@ -404,7 +407,8 @@ class GatedLoops final : public CellLoops<T> {
       backward_direction<T>(s_, d, w, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
                             lstm ? b.hx[1] + d * NH : nullptr, b.dY, block(b.grad_h_n[0], d * NP),
                             lstm ? block(b.grad_h_n[1], d * NH) : nullptr,
-                            b.grad_hx[0] + d * NP, lstm ? b.grad_hx[1] + d * NH : nullptr, bwd_[d]);
+                            b.grad_hx[0] + d * NP, lstm ? b.grad_hx[1] + d * NH : nullptr,
+                            b.need_grad_hx, bwd_[d]);
     });
     // The weight-gradient GEMMs after both directions, on all threads.
     for (const auto d : c10::irange(s_.D)) {

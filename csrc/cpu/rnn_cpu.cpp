@@ -70,7 +70,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
     at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
     const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
     at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
-    int64_t proj_size, bool bidirectional) {
+    int64_t proj_size, bool bidirectional, std::array<bool, 2> output_mask) {
   const char* op = "rnnfast._rnn_backward";
   const RnnSizes s = check_rnn_args(op, input, hx, weights, batch_sizes, dropout_masks, mode,
                                     has_biases, num_layers, proj_size, bidirectional,
@@ -82,13 +82,13 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
     auto [gi, ghx, gw] = rnn_backward_cpu(
         to_f32(grad_output), to_f32(grad_h_n), to_f32(input), to_f32(hx), to_f32(weights),
         batch_sizes, to_f32(dropout_masks), to_f32(output), to_f32(workspace), mode, has_biases,
-        num_layers, proj_size, bidirectional);
-    return {gi.to(dt), to_dtype(ghx, dt), to_dtype(gw, dt)};
+        num_layers, proj_size, bidirectional, output_mask);
+    return {gi.defined() ? gi.to(dt) : gi, to_dtype(ghx, dt), to_dtype(gw, dt)};
   }
   if (!bf16) check_cpu_dtype(op, input);
 
   BackwardOutputs out = allocate_backward_outputs(s, input, hx, weights);
-  if (nothing_to_compute(s)) return {out.grad_input, out.grad_hx, out.grad_weights};
+  if (nothing_to_compute(s)) return masked(std::move(out), output_mask);
   // The bf16 kernels keep output and h_n gradients in float32.
   const at::ScalarType grad_type = bf16 ? at::kFloat : input.scalar_type();
   at::Tensor dY = initial_output_grad(s, grad_output, input, grad_type);
@@ -109,10 +109,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
   } else {
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnn_backward_cpu", [&] {
       sequence_backward<scalar_t>(s, x2d, hx_c, w, dropout_masks, out2d, ws, dY, ghn, grad_x2d,
-                                  out.grad_hx, out.grad_weights);
+                                  out.grad_hx, out.grad_weights, output_mask);
     });
   }
-  return {out.grad_input, out.grad_hx, out.grad_weights};
+  return masked(std::move(out), output_mask);
 }
 
 // ---------------------------------------------------------------------------
@@ -201,7 +201,7 @@ at::Tensor rnn_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_backward_cpu(
     const at::Tensor& grad_h, const at::Tensor& input, const at::Tensor& hx,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h, bool has_bias,
-    c10::string_view nonlinearity) {
+    c10::string_view nonlinearity, std::array<bool, 2> output_mask) {
   const char* op = "rnnfast._rnn_cell_backward";
   const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt,
                                       nonlinearity);
@@ -215,13 +215,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
     const auto dt = input.scalar_type();
     auto [gx, ghx, gwi, gwh, gb] =
         rnn_cell_backward_cpu(to_f32(grad_h), to_f32(input), to_f32(hx), to_f32(w_ih),
-                              to_f32(w_hh), to_f32(h), has_bias, nonlinearity);
-    return {gx.to(dt), ghx.to(dt), gwi.to(dt), gwh.to(dt), gb.to(dt)};
+                              to_f32(w_hh), to_f32(h), has_bias, nonlinearity, output_mask);
+    auto to_dt = [dt](const at::Tensor& t) { return t.defined() ? t.to(dt) : t; };
+    return {to_dt(gx), to_dt(ghx), gwi.to(dt), gwh.to(dt), gb.to(dt)};
   }
   check_cpu_dtype(op, input);
   at::Tensor dz = grad_h.clone(at::MemoryFormat::Contiguous);
-  at::Tensor gx = at::empty({s.N, s.I}, input.options());
-  at::Tensor ghx = at::empty({s.N, s.H}, input.options());
+  // Undefined (None) where output_mask says nobody wants it.
+  at::Tensor gx = output_mask[0] ? at::empty({s.N, s.I}, input.options()) : at::Tensor();
+  at::Tensor ghx = output_mask[1] ? at::empty({s.N, s.H}, input.options()) : at::Tensor();
   at::Tensor gwi = at::empty({s.H, s.I}, input.options());
   at::Tensor gwh = at::empty({s.H, s.H}, input.options());
   at::Tensor gb = has_bias ? at::empty({s.H}, input.options()) : at::empty({0}, input.options());
@@ -231,10 +233,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
     using T = scalar_t;
     T* dzp = dz.mutable_data_ptr<T>();
     mul_act_grad_rows<T>(s.act, s.N, s.H, dzp, s.H, hc.const_data_ptr<T>(), s.H);
-    gemm_any<T>(false, false, s.N, s.I, s.H, dzp, s.H, wi.const_data_ptr<T>(), s.I, T(0),
-            gx.mutable_data_ptr<T>(), s.I);
-    gemm_any<T>(false, false, s.N, s.H, s.H, dzp, s.H, wh.const_data_ptr<T>(), s.H, T(0),
-            ghx.mutable_data_ptr<T>(), s.H);
+    if (gx.defined())
+      gemm_any<T>(false, false, s.N, s.I, s.H, dzp, s.H, wi.const_data_ptr<T>(), s.I, T(0),
+                  gx.mutable_data_ptr<T>(), s.I);
+    if (ghx.defined())
+      gemm_any<T>(false, false, s.N, s.H, s.H, dzp, s.H, wh.const_data_ptr<T>(), s.H, T(0),
+                  ghx.mutable_data_ptr<T>(), s.H);
     gemm_any<T>(true, false, s.H, s.I, s.N, dzp, s.H, x.const_data_ptr<T>(), s.I, T(0),
             gwi.mutable_data_ptr<T>(), s.I);
     gemm_any<T>(true, false, s.H, s.H, s.N, dzp, s.H, h0.const_data_ptr<T>(), s.H, T(0),

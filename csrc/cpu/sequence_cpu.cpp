@@ -83,7 +83,8 @@ void sequence_backward(const RnnSizes& s, const at::Tensor& x2d,
                        const std::vector<at::Tensor>& workspace, at::Tensor dY,
                        const std::vector<at::Tensor>& grad_h_n, const at::Tensor& grad_x2d,
                        const std::vector<at::Tensor>& grad_hx,
-                       const std::vector<at::Tensor>& grad_weights) {
+                       const std::vector<at::Tensor>& grad_weights,
+                       std::array<bool, 2> output_mask) {
   const int64_t H = s.H, P = s.P, GH = s.G * s.H;
   const bool elman = is_elman(s.cell);
   const auto loops = make_cell_loops<T>(s, weights);
@@ -98,6 +99,7 @@ void sequence_backward(const RnnSizes& s, const at::Tensor& x2d,
     b.gates = elman ? b.Y : const_cast<T*>(workspace[1][layer].const_data_ptr<T>());
     b.aux = elman ? nullptr : const_cast<T*>(workspace[2][layer].const_data_ptr<T>());
     b.dY = dY.mutable_data_ptr<T>();
+    b.need_grad_hx = output_mask[1];
     state_blocks(s, layer, hx, b.hx, [](const at::Tensor& t) { return t.const_data_ptr<T>(); });
     state_blocks(s, layer, grad_h_n, b.grad_h_n,
                  [](const at::Tensor& t) { return t.const_data_ptr<T>(); });
@@ -119,9 +121,10 @@ void sequence_backward(const RnnSizes& s, const at::Tensor& x2d,
       if (s.has_proj)
         gemm_any<T>(true, false, P, H, s.rows, g.dH, g.ldH, g.m, H, T(0),
                     grad_weights[s.w_hr_index(layer, d)].mutable_data_ptr<T>(), H);
-      gemm_any<T>(false, false, s.rows, I_l, GH, g.dGW, g.ldW,
-                  weights[s.weight_index(layer, d, 0)].const_data_ptr<T>(), I_l,
-                  d == 0 ? T(0) : T(1), dX.mutable_data_ptr<T>(), I_l);
+      if (layer > 0 || output_mask[0])
+        gemm_any<T>(false, false, s.rows, I_l, GH, g.dGW, g.ldW,
+                    weights[s.weight_index(layer, d, 0)].const_data_ptr<T>(), I_l,
+                    d == 0 ? T(0) : T(1), dX.mutable_data_ptr<T>(), I_l);
     });
     if (layer > 0) {
       // The layer below's output gradient; dropout's backward is the same mask.
@@ -140,7 +143,8 @@ void sequence_backward(const RnnSizes& s, const at::Tensor& x2d,
       const RnnSizes&, const at::Tensor&, const std::vector<at::Tensor>&,                        \
       const std::vector<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,       \
       const std::vector<at::Tensor>&, at::Tensor, const std::vector<at::Tensor>&,                \
-      const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&);
+      const at::Tensor&, const std::vector<at::Tensor>&, const std::vector<at::Tensor>&,         \
+      std::array<bool, 2>);
 RNNFAST_INSTANTIATE(float)
 RNNFAST_INSTANTIATE(double)
 #undef RNNFAST_INSTANTIATE

@@ -15,6 +15,8 @@
 // Elman loops are in elman_cpu.cpp, the LSTM / GRU loops in gated_cpu.cpp.
 #pragma once
 
+#include <array>
+
 #include <ATen/ATen.h>
 #include <c10/util/FunctionRef.h>
 
@@ -38,6 +40,9 @@ struct LayerBuffers {
   T* dY = nullptr;         // backward: (rows, D*P) the output gradient, overwritten
   const T* grad_h_n[2] = {};  // backward: null where the gradient is None
   T* grad_hx[2] = {};      // backward: written by the time loops
+  // backward: false when nobody wants grad_hx; the loops may then skip the products
+  // that only it needs (grad_hx still serves them as the carry buffer).
+  bool need_grad_hx = true;
 };
 
 // The gradients of one direction that a cell's backward hands to the driver.
@@ -87,7 +92,9 @@ void sequence_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vecto
                       const std::vector<at::Tensor>& workspace);
 
 // BPTT of all layers. dY: the (rows, D*P) output gradient, overwritten; grad_h_n: one
-// entry per state, undefined where None.
+// entry per state, undefined where None. output_mask (_rnn_backward's): where grad_x2d
+// or grad_hx is not wanted, what only it needs may be skipped (its contents are then
+// unspecified).
 template <typename T>
 void sequence_backward(const RnnSizes& s, const at::Tensor& x2d,
                        const std::vector<at::Tensor>& hx, const std::vector<at::Tensor>& weights,
@@ -95,6 +102,7 @@ void sequence_backward(const RnnSizes& s, const at::Tensor& x2d,
                        const std::vector<at::Tensor>& workspace, at::Tensor dY,
                        const std::vector<at::Tensor>& grad_h_n, const at::Tensor& grad_x2d,
                        const std::vector<at::Tensor>& grad_hx,
-                       const std::vector<at::Tensor>& grad_weights);
+                       const std::vector<at::Tensor>& grad_weights,
+                       std::array<bool, 2> output_mask);
 
 }  // namespace rnnfast::cpu

@@ -971,7 +971,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_for
   return {out.output, out.h_n, out.workspace};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_backward_cuda(
+// Every gradient; rnn_backward_cuda below applies the output mask.
+BackwardOutputs rnn_backward_cuda_all(
     const std::optional<at::Tensor>& grad_output,
     const c10::List<std::optional<at::Tensor>>& grad_h_n, const at::Tensor& input,
     at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
@@ -987,7 +988,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
   const c10::cuda::CUDAGuard guard(input.device());
 
   BackwardOutputs out = allocate_backward_outputs(s, input, hx, weights);
-  if (nothing_to_compute(s)) return {out.grad_input, out.grad_hx, out.grad_weights};
+  if (nothing_to_compute(s)) return out;
   at::Tensor dZ = initial_output_grad(s, grad_output, input);
   if (!is_elman(s.cell)) {
     std::vector<at::Tensor> ghn;
@@ -1005,7 +1006,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
                                     out.grad_input.view({s.rows, s.I}), out.grad_hx,
                                     out.grad_weights);
     });
-    return {out.grad_input, out.grad_hx, out.grad_weights};
+    return out;
   }
   const at::Tensor g = value_or_undefined(grad_h_n.get(0));
   const at::Tensor ghn = g.defined() ? g.contiguous() : at::Tensor();
@@ -1018,7 +1019,20 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
                             out.grad_input.view({s.rows, s.I}), out.grad_hx[0],
                             out.grad_weights);
   });
-  return {out.grad_input, out.grad_hx, out.grad_weights};
+  return out;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_backward_cuda(
+    const std::optional<at::Tensor>& grad_output,
+    const c10::List<std::optional<at::Tensor>>& grad_h_n, const at::Tensor& input,
+    at::TensorList hx, at::TensorList weights, const std::optional<at::Tensor>& batch_sizes,
+    const std::optional<at::Tensor>& dropout_masks, const at::Tensor& output,
+    at::TensorList workspace, c10::string_view mode, bool has_biases, int64_t num_layers,
+    int64_t proj_size, bool bidirectional, std::array<bool, 2> output_mask) {
+  return masked(rnn_backward_cuda_all(grad_output, grad_h_n, input, hx, weights, batch_sizes,
+                                      dropout_masks, output, workspace, mode, has_biases,
+                                      num_layers, proj_size, bidirectional),
+                output_mask);
 }
 
 at::Tensor rnn_cell_forward_cuda(const at::Tensor& input, const at::Tensor& hx,
@@ -1060,7 +1074,7 @@ at::Tensor rnn_cell_forward_cuda(const at::Tensor& input, const at::Tensor& hx,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_backward_cuda(
     const at::Tensor& grad_h, const at::Tensor& input, const at::Tensor& hx,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h, bool has_bias,
-    c10::string_view nonlinearity) {
+    c10::string_view nonlinearity, std::array<bool, 2> output_mask) {
   const char* op = "rnnfast._rnn_cell_backward";
   const CellSizes s = check_cell_args(op, input, hx, w_ih, w_hh, std::nullopt, std::nullopt,
                                       nonlinearity);
@@ -1077,8 +1091,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
   TORCH_INTERNAL_ASSERT(input.is_cuda());
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor dz = at::empty({s.N, s.H}, input.options());
-  at::Tensor gx = at::empty({s.N, s.I}, input.options());
-  at::Tensor ghx = at::empty({s.N, s.H}, input.options());
+  // Undefined (None) where output_mask says nobody wants it.
+  at::Tensor gx = output_mask[0] ? at::empty({s.N, s.I}, input.options()) : at::Tensor();
+  at::Tensor ghx = output_mask[1] ? at::empty({s.N, s.H}, input.options()) : at::Tensor();
   at::Tensor gwi = at::empty({s.H, s.I}, input.options());
   at::Tensor gwh = at::empty({s.H, s.H}, input.options());
   at::Tensor gb = at::empty({has_bias ? s.H : 0}, input.options());
@@ -1101,10 +1116,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rnn_cell_
     p.h = cu(hc.const_data_ptr<T>());
     p.ld_h = s.H;
     C10_CUDA_CHECK(act_grad_backward(p, stream));
-    gemm<T>(false, false, s.N, s.I, s.H, dzp, s.H, wi.const_data_ptr<T>(), s.I, false,
-            gx.mutable_data_ptr<T>(), s.I, device);
-    gemm<T>(false, false, s.N, s.H, s.H, dzp, s.H, wh.const_data_ptr<T>(), s.H, false,
-            ghx.mutable_data_ptr<T>(), s.H, device);
+    if (gx.defined())
+      gemm<T>(false, false, s.N, s.I, s.H, dzp, s.H, wi.const_data_ptr<T>(), s.I, false,
+              gx.mutable_data_ptr<T>(), s.I, device);
+    if (ghx.defined())
+      gemm<T>(false, false, s.N, s.H, s.H, dzp, s.H, wh.const_data_ptr<T>(), s.H, false,
+              ghx.mutable_data_ptr<T>(), s.H, device);
     gemm<T>(true, false, s.H, s.I, s.N, dzp, s.H, x.const_data_ptr<T>(), s.I, false,
             gwi.mutable_data_ptr<T>(), s.I, device);
     gemm<T>(true, false, s.H, s.H, s.N, dzp, s.H, h0.const_data_ptr<T>(), s.H, false,
