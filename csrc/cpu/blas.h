@@ -98,4 +98,18 @@ void gemm_one_thread(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
   MKL_Set_Num_Threads_Local(previous);
 }
 
+// Products below this many multiply-adds run on one MKL thread (a fork/join costs more
+// than it saves, and their results then do not depend on the thread count); larger
+// ones on torch's threads.
+inline constexpr int64_t kOneThreadFlops = int64_t(1) << 20;
+
+template <typename T>
+void gemm_sized(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+                const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M * N * K < kOneThreadFlops && have_one_thread_blas())
+    gemm_one_thread<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 }  // namespace rnnfast::cpu

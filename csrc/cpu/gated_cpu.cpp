@@ -74,11 +74,8 @@ void for_rows(int64_t rows, int64_t work_per_row, const Body& body) {
   });
 }
 
-// Per-step BLAS products below this many multiply-adds run on one thread.
-constexpr int64_t kSmallStepFlops = int64_t(1) << 20;
-
 // C (M x N) (+)= A (M x K, row stride lda) @ B: the per-step GEMMs. B is K x N
-// row-major, or with trans_b N x K (then on one BLAS thread). float32 on AVX-512 uses
+// row-major, or with trans_b N x K (then always BLAS). float32 on AVX-512 uses
 // the step kernel (one thread), or for large steps the tiled kernel spread over
 // threads; the choice depends on the sizes only, so the summation order does not
 // depend on the thread count. float32 steps of at most kSmallGemmMaxRows rows on other
@@ -90,7 +87,7 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
   if (M == 0) return;
   const T beta = accumulate ? T(1) : T(0);
   if (trans_b) {
-    gemm_one_thread<T>(false, true, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+    gemm_sized<T>(false, true, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
@@ -126,12 +123,7 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
       return;
     }
   }
-  // BLAS: a small step on one thread (a fork/join per step costs more than it saves, and
-  // the result then does not depend on the thread count either).
-  if (M * N * K < kSmallStepFlops && have_one_thread_blas())
-    gemm_one_thread<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
-  else
-    gemm<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
+  gemm_sized<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
 // dst (rows x width, contiguous) = the state each row of step p starts from: rows

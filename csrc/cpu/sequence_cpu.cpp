@@ -66,8 +66,8 @@ void sequence_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vecto
     for (const auto d : c10::irange(s.D)) {
       const T* w_ih = weights[s.weight_index(layer, d, 0)].const_data_ptr<T>();
       if (weights_in_place(s))
-        gemm_one_thread<T>(false, true, s.rows, GH, I_l, T(1), X.const_data_ptr<T>(), I_l, w_ih,
-                           I_l, T(0), b.gates + d * GH, s.D * GH);
+        gemm_sized<T>(false, true, s.rows, GH, I_l, T(1), X.const_data_ptr<T>(), I_l, w_ih, I_l,
+                      T(0), b.gates + d * GH, s.D * GH);
       else
         gemm_any<T>(false, true, s.rows, GH, I_l, X.const_data_ptr<T>(), I_l, w_ih, I_l, T(0),
                     b.gates + d * GH, s.D * GH);

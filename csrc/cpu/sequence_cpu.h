@@ -77,7 +77,7 @@ std::unique_ptr<CellLoops<T>> make_gated_loops(const RnnSizes& s,
                                                const std::vector<at::Tensor>& weights);
 
 // Below this many steps the gated cells multiply by the weights where they are
-// (single-thread BLAS, B transposed) instead of first copying the transposes their
+// (BLAS with B transposed) instead of first copying the transposes their
 // step GEMMs read: a cell (T = 1) would spend more on the copies than on the products.
 // (The Elman cell has its own one-step op.)
 bool weights_in_place(const RnnSizes& s);
