@@ -82,6 +82,19 @@ class RnnCellFunction : public torch::autograd::Function<RnnCellFunction> {
   }
 };
 
+// Whether a call needs the autograd node: grad mode on and an input requiring grad, or
+// a forward-mode tangent (which the node refuses with an error). Otherwise the kernel is
+// called directly: building the node, even one that records nothing, cost as much as
+// the kernel of a small step.
+bool needs_node(at::TensorList tensors) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined()) continue;
+    if ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined()) return true;
+  }
+  return false;
+}
+
 // rnn_forward's outputs flattened for the autograd node: [output, h_n..., workspace...].
 class RnnForwardFunction : public torch::autograd::Function<RnnForwardFunction> {
  public:
@@ -166,6 +179,11 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_for
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& dropout_masks,
     c10::string_view mode, bool has_biases, int64_t num_layers, int64_t proj_size,
     bool bidirectional, bool train) {
+  if (!needs_node(input) && !needs_node(hx) && !needs_node(weights)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return rnnfast::rnn_forward(input, hx, weights, batch_sizes, dropout_masks, mode, has_biases,
+                                num_layers, proj_size, bidirectional, train);
+  }
   variable_list flat = RnnForwardFunction::apply(input, hx, weights, batch_sizes, dropout_masks,
                                                  mode, has_biases, num_layers, proj_size,
                                                  bidirectional, train);
@@ -179,6 +197,11 @@ at::Tensor rnn_cell_forward_autograd(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& b_ih,
                                      const std::optional<at::Tensor>& b_hh,
                                      c10::string_view nonlinearity) {
+  if (!needs_node({input, hx, w_ih, w_hh, b_ih.value_or(at::Tensor()),
+                   b_hh.value_or(at::Tensor())})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
+  }
   return RnnCellFunction::apply(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity);
 }
 
