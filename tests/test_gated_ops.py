@@ -11,7 +11,8 @@ Specification:
   * Output mask: _rnn_backward leaves out grad_input (None) and grad_hx (an empty list)
     when asked to, with every other gradient bitwise unchanged; the autograd kernels of
     the modules (sequence and step cells) ask for exactly the gradients whose inputs
-    require grad.
+    require grad; a gradient penalty on the weights alone (double backward through a
+    masked backward) equals torch.nn's.
   * float64 gradcheck and gradgradcheck pass through rnnfast.LSTM (with and without
     projections) and rnnfast.GRU: dense, bidirectional and packed.
   * torch.compile(fullgraph=True) of rnnfast.LSTM / GRU: one graph holding
@@ -413,6 +414,32 @@ def test_module_backward_asks_only_for_the_gradients_that_require_grad(cell):
     assert x2.grad is not None and all(t.grad is not None for t in states(hx2))
     for a, b in zip(only_weights, everything, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "rnn_cell_tanh", "lstm_cell"])
+def test_double_backward_with_only_the_weights_requiring_grad(cell):
+    """A gradient penalty on the weights (create_graph=True, input and state outside the
+    graph): the first backward runs with output_mask [False, False] through the backward
+    op's own autograd, and the second-order weight gradients equal torch.nn's (float64)."""
+    torch_m, m = make_pair(cell, 3, 4)
+    step = "_cell" in cell
+    x = randn(2, 3) if step else randn(5, 2, 3)
+    hx = random_cell_hx(m, 2, requires_grad=False) if step else \
+        random_hx(m, 2, requires_grad=False)
+
+    def penalty_grads(module):
+        params = list(module.parameters())
+        out = module(x, hx)
+        loss = sum((t * t).sum() for t in result_tensors(out))
+        first = torch.autograd.grad(loss, params, create_graph=True)
+        return torch.autograd.grad(sum((g * g).sum() for g in first), params)
+
+    spy = _BackwardSpy()
+    with spy:
+        ours = penalty_grads(m)
+    assert spy.masks and spy.masks[0] == [False, False]
+    for got, want in zip(ours, penalty_grads(torch_m), strict=True):
+        torch.testing.assert_close(got, want, **F64)
 
 
 # ---------------------------------------------------------------------------
