@@ -53,7 +53,7 @@ def test_cli_writes_results(tmp_path, capsys):
         assert r["status"] == "ok" and r["check"]["ok"], r["message"]
         assert r["label"].startswith(CLASSES[cell] + " T=6 ")
         assert r["config"] == {"T": 6, "B": 2, "I": 4, "H": 8, "layers": 1, "bidirectional": False,
-                               "cell": cell, "proj_size": 0}
+                               "cell": cell, "proj_size": 0, "packed": False}
         # the final cell state is checked too
         assert ("c_n" in r["check"]["errors"]) == (cell == "lstm")
         for key in ("torch_ms", "rnnfast_ms", "speedup", "rnnfast_tokens_per_s", "repeats"):
@@ -151,6 +151,34 @@ def test_guard_rejects_wrong_gradients(tmp_path, monkeypatch, cell):
     assert rows["fwd"]["status"] == "ok"  # the forward is right ...
     assert rows["fwdbwd"]["status"] == "FAILED"  # ... the gradients are not
     assert "grad_" in rows["fwdbwd"]["message"] and "speedup" not in rows["fwdbwd"]
+
+
+def test_packed_input_is_checked_and_timed(tmp_path, monkeypatch):
+    """--packed: every shape's input is a PackedSequence of random lengths in [T/2, T];
+    the rows are checked like dense ones (a wrong packed output is refused) and
+    onnxruntime does not apply to them."""
+    out = tmp_path / "res"
+    assert main([*TINY, "--cell", "all", "--packed", "--out", str(out), "--no-plot",
+                 "--no-gflops"]) == 0
+    rows = _load_json(out)["results"]
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 6
+    assert all(r["config"]["packed"] and r["label"].endswith(" packed") for r in rows)
+    assert all(r["check"]["grads_checked"] and "grad_input" in r["check"]["errors"]
+               for r in rows if r["mode"] == "fwdbwd")
+
+    original = rnnfast.GRU.forward
+
+    def wrong(self, input, hx=None):  # wrong for packed input only
+        output, h_n = original(self, input, hx)
+        if isinstance(output, torch.Tensor):
+            return output, h_n
+        return output._replace(data=output.data * 1.01), h_n
+
+    monkeypatch.setattr(rnnfast.GRU, "forward", wrong)
+    bad = tmp_path / "bad"
+    assert main([*TINY, "--cell", "gru", "--packed", "--out", str(bad), "--no-plot",
+                 "--no-gflops"]) == 1
+    assert {r["status"] for r in _load_json(bad)["results"]} == {"FAILED"}
 
 
 def test_reduced_precision_is_timed_against_float32(tmp_path):

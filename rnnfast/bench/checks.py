@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .configs import Config
-from .workloads import Workload, make_model
+from .workloads import Workload, make_model, output_data
 
 __all__ = ["TOLERANCES", "CheckResult", "check_workload", "probe_dtype"]
 
@@ -88,17 +88,17 @@ def _final_states(state) -> dict[str, torch.Tensor]:
     return {"h_n": state.detach()}
 
 
-def _run(model, x, gout, with_grads):
+def _run(model, x, gout, with_grads, pack=lambda x: x):
     if not with_grads:
         with torch.no_grad():
-            out, state = model(x)
-        return {"output": out, **_final_states(state)}
+            out, state = model(pack(x))
+        return {"output": output_data(out), **_final_states(state)}
     x = x.detach().clone().requires_grad_(True)
     for p in model.parameters():
         p.grad = None
-    out, state = model(x)
-    out.backward(gout)
-    res = {"output": out.detach(), **_final_states(state), "grad_input": x.grad}
+    out, state = model(pack(x))
+    output_data(out).backward(gout)
+    res = {"output": output_data(out).detach(), **_final_states(state), "grad_input": x.grad}
     for name, p in model.named_parameters():
         res[f"grad_{name}"] = p.grad
     return res
@@ -109,11 +109,11 @@ def check_workload(wl: Workload, with_grads: bool) -> CheckResult:
     tol = TOLERANCES.get(wl.dtype, 1e-2)
     oracle = make_model("torch", wl.cfg, device=wl.device, dtype=torch.float64)
     oracle.load_state_dict({k: v.double() for k, v in wl.state.items()})
-    ref = _run(oracle, wl.x.double(), wl.gout.double(), with_grads)
-    got_torch = _run(wl.models["torch"], wl.x, wl.gout, with_grads)
+    ref = _run(oracle, wl.x.double(), wl.gout.double(), with_grads, wl.pack)
+    got_torch = _run(wl.models["torch"], wl.x, wl.gout, with_grads, wl.pack)
     result = CheckResult(ok=True, grads_checked=with_grads, tolerance=tol)
     try:
-        got = _run(wl.models["rnnfast"], wl.x, wl.gout, with_grads)
+        got = _run(wl.models["rnnfast"], wl.x, wl.gout, with_grads, wl.pack)
     except Exception as e:  # noqa: BLE001 - reported, never swallowed silently
         result.ok = False
         result.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=_cells, default=list(CELLS), metavar="CELL",
                    help="rnn, lstm, gru, a comma list of them, or all (default all): each shape is "
                    "run once per cell, rnnfast.X against torch.nn.X")
+    p.add_argument("--packed", action="store_true",
+                   help="PackedSequence input: every shape's B sequences get random lengths in "
+                   "[T/2, T] (one of T), unsorted")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: cuda when available and rnnfast was built with CUDA, else cpu")
     p.add_argument("--dtype", type=_csv(DTYPES), action="append",
@@ -143,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         configs = with_cells(args.configs or get_set(set_name), args.cell)
     except ValueError as e:
         build_parser().error(str(e))
+    if args.packed:
+        configs = [dataclasses.replace(c, packed=True) for c in configs]
     dtypes = list(dict.fromkeys(d for group in (args.dtype or [["float32"]]) for d in group))
     min_rep, budget = SET_TIMING.get(set_name, SET_TIMING["custom"])
     settings = Settings(

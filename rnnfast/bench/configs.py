@@ -31,6 +31,9 @@ class Config:
     bidirectional: bool = False
     cell: str = "rnn"
     proj_size: int = 0  # LSTM only
+    # PackedSequence input: B sequences of random lengths in [ceil(T/2), T] (one of T),
+    # unsorted (enforce_sorted=False), as the CLI's --packed asks.
+    packed: bool = False
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -63,7 +66,8 @@ class Config:
     def shape_label(self) -> str:
         bi = "bi" if self.bidirectional else "uni"
         proj = f" P={self.proj_size}" if self.proj_size else ""
-        return f"T={self.T} B={self.B} I={self.I} H={self.H}{proj} L={self.layers} {bi}"
+        packed = " packed" if self.packed else ""
+        return f"T={self.T} B={self.B} I={self.I} H={self.H}{proj} L={self.layers} {bi}{packed}"
 
     @property
     def label(self) -> str:
@@ -73,7 +77,9 @@ class Config:
     def slug(self) -> str:
         bi = "bi" if self.bidirectional else "uni"
         proj = f"-P{self.proj_size}" if self.proj_size else ""
-        return f"{self.cell}-T{self.T}-B{self.B}-I{self.I}-H{self.H}{proj}-L{self.layers}-{bi}"
+        packed = "-packed" if self.packed else ""
+        return (f"{self.cell}-T{self.T}-B{self.B}-I{self.I}-H{self.H}{proj}-L{self.layers}-{bi}"
+                f"{packed}")
 
     @property
     def tokens(self) -> int:
@@ -90,6 +96,7 @@ class Config:
 def forward_flops(cfg: Config) -> int:
     """Multiply-add FLOPs of one forward, per layer and direction:
     2*T*B*(I_l*G*H + P*G*H), plus 2*T*B*H*P for LSTM's projection h = m @ w_hr^T.
+    For packed input T*B counts the padded sequence: an upper bound.
 
     I_l is I for the first layer and D*P above it. Pointwise work (bias, gate
     activations, c and h updates) is not counted. A forward+backward is about 3x this

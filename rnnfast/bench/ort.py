@@ -58,6 +58,8 @@ def not_applicable(cfg: Config, dtype_name: str, device: str, mode: str) -> str 
         return "the onnxruntime baseline runs on the CPU only"
     if cfg.proj_size:
         return "ONNX's LSTM has no projection (proj_size)"
+    if cfg.packed:
+        return "the exported graph takes dense input (no PackedSequence)"
     return None
 
 

@@ -296,7 +296,7 @@ def write_markdown(doc: dict, out_dir: str, plot_name: str | None) -> str:
             "torch.onnx.export(dynamo=False), in the same interleaved repeats; its outputs were "
             "checked against rnnfast's forward first. vs ORT = ORT ms / rnnfast ms. "
             "\"-\": onnxruntime does not apply to the row (forward+backward, not float32, "
-            "CUDA, proj_size) or the row was not timed.",
+            "CUDA, proj_size, packed input) or the row was not timed.",
             "",
         ]
     for mode in doc["modes"]:

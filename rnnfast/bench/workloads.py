@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .configs import Config
 
@@ -69,15 +70,23 @@ class Workload:
         # drawn on the device (large GPU shapes would be slow to draw on the host)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         self.x = torch.randn(cfg.T, cfg.B, cfg.I, generator=gen, device=self.device).to(dtype)
-        self.gout = torch.randn(cfg.T, cfg.B, cfg.D * cfg.P, generator=gen, device=self.device).to(dtype)
+        self.lengths = packed_lengths(cfg, seed) if cfg.packed else None
+        out_rows = (int(self.lengths.sum()),) if cfg.packed else (cfg.T, cfg.B)
+        self.gout = torch.randn(*out_rows, cfg.D * cfg.P, generator=gen, device=self.device).to(dtype)
         self.x_train = self.x.clone().requires_grad_(True)
+
+    def pack(self, x: torch.Tensor):
+        """x as the models' input: x itself, or packed (cfg.packed) with self.lengths."""
+        if self.lengths is None:
+            return x
+        return pack_padded_sequence(x, self.lengths, enforce_sorted=False)
 
     # -- the timed callables -------------------------------------------------------
 
     def fn(self, impl: str, mode: str) -> Callable[[], object]:
         m = self.models[impl]
         if mode == "fwd":
-            x = self.x
+            x = self.pack(self.x)
 
             def fwd():
                 with torch.no_grad():
@@ -92,8 +101,8 @@ class Workload:
                 x.grad = None
                 for p in params:
                     p.grad = None
-                out, _ = m(x)
-                out.backward(gout)
+                out, _ = m(self.pack(x))  # packing (if any) is in both sides' time
+                output_data(out).backward(gout)
 
             return fwdbwd
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -106,7 +115,7 @@ class Workload:
         m = self.models[impl]
         exclude = {p.untyped_storage().data_ptr() for p in m.parameters()}
         exclude.add(self.x_train.untyped_storage().data_ptr())
-        return saved_tensor_bytes(lambda: m(self.x_train), exclude)
+        return saved_tensor_bytes(lambda: m(self.pack(self.x_train)), exclude)
 
     def cuda_peak_bytes(self, impl: str) -> int | None:
         """Peak CUDA memory above the starting allocation during one forward+backward."""
@@ -119,6 +128,19 @@ class Workload:
         fn()
         torch.cuda.synchronize(self.device)
         return torch.cuda.max_memory_allocated(self.device) - base
+
+
+def packed_lengths(cfg: Config, seed: int) -> torch.Tensor:
+    """B sequence lengths drawn from [ceil(T/2), T], the first one T (int64, CPU)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    lengths = torch.randint((cfg.T + 1) // 2, cfg.T + 1, (cfg.B,), generator=gen)
+    lengths[0] = cfg.T
+    return lengths
+
+
+def output_data(out) -> torch.Tensor:
+    """A model's output tensor: the PackedSequence's data for packed input."""
+    return out.data if isinstance(out, PackedSequence) else out
 
 
 def saved_tensor_bytes(fn: Callable[[], object], exclude_storages: set[int] = frozenset()) -> int:
