@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -33,13 +32,15 @@ from torch import nn
 
 import rnnfast
 
+from .checks import _rel_err
 from .machine import machine_info
+from .runner import geomean
 from .timing import interleaved
 
 CELLS = {"rnn": "RNNCell", "lstm": "LSTMCell", "gru": "GRUCell"}
 STREAMING = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 MODES = ("fwd", "fwd+bwd", "weights")
-TOLERANCE = 1e-4  # float32 against float64, relative to the reference's largest value
+TOLERANCE = 1e-4  # float32 against float64: checks._rel_err, the main bench's measure
 
 
 def _ints(text: str) -> list[int]:
@@ -66,11 +67,6 @@ def _flat(out) -> list[torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return [out]
     return [t for o in out for t in _flat(o)]
-
-
-def _rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
-    scale = ref.abs().max().item() or 1.0
-    return (a.double() - ref).abs().max().item() / scale
 
 
 # ---------------------------------------------------------------------------
@@ -202,10 +198,6 @@ def bench_streaming(cell: str, B: int, H: int, steps: int = 16, **timing) -> dic
 # ---------------------------------------------------------------------------
 
 
-def _geomean(xs: list[float]) -> float:
-    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan
-
-
 def summary_lines(rows: list[dict]) -> list[str]:
     lines = []
     groups: dict[tuple[str, str, str], list[float]] = {}
@@ -213,7 +205,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         if r.get("status") == "ok":
             groups.setdefault((r["kind"], r["cell"], r["mode"]), []).append(r["speedup"])
     for (kind, cell, mode), xs in groups.items():
-        lines.append(f"{kind} {cell} {mode}: geomean {_geomean(xs):.2f}x, worst {min(xs):.2f}x, "
+        lines.append(f"{kind} {cell} {mode}: geomean {geomean(xs):.2f}x, worst {min(xs):.2f}x, "
                      f"{sum(x >= 1.0 for x in xs)}/{len(xs)} rows >= 1.0x")
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
