@@ -224,8 +224,6 @@ __global__ void __launch_bounds__(kBlockCols* kBlockRows)
   for (int64_t j = first_row(); j < rows; j += row_stride()) dst[j * ld_dst + c] = src[j * ld_src + c];
 }
 
-const dim3 kBlock(kBlockCols, kBlockRows);
-
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -234,49 +232,37 @@ const dim3 kBlock(kBlockCols, kBlockRows);
 
 template <typename T>
 cudaError_t lstm_forward_step(const GatedForwardParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.H <= 0) return cudaSuccess;
-  lstm_forward_kernel<T><<<step_grid(p.rows, p.H), kBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(lstm_forward_kernel<T>, p.rows, p.H, stream, p);
 }
 
 template <typename T>
 cudaError_t gru_forward_step(const GatedForwardParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.H <= 0) return cudaSuccess;
-  gru_forward_kernel<T><<<step_grid(p.rows, p.H), kBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(gru_forward_kernel<T>, p.rows, p.H, stream, p);
 }
 
 template <typename T>
 cudaError_t lstm_backward_step(const GatedBackwardParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.H <= 0) return cudaSuccess;
-  lstm_backward_kernel<T><<<step_grid(p.rows, p.H), kBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(lstm_backward_kernel<T>, p.rows, p.H, stream, p);
 }
 
 template <typename T>
 cudaError_t gru_backward_step(const GatedBackwardParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.H <= 0) return cudaSuccess;
-  gru_backward_kernel<T><<<step_grid(p.rows, p.H), kBlock, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(gru_backward_kernel<T>, p.rows, p.H, stream, p);
 }
 
 template <typename T>
 cudaError_t add_carried_grad(int64_t rows, int64_t width, T* dy, int64_t ld_dy, const T* carry,
                              const T* grad_n, int64_t end_begin, int64_t end_end,
                              cudaStream_t stream) {
-  if (rows <= 0 || width <= 0) return cudaSuccess;
-  add_carried_grad_kernel<T><<<step_grid(rows, width), kBlock, 0, stream>>>(
-      rows, width, dy, ld_dy, carry, grad_n, end_begin, end_end);
-  return cudaGetLastError();
+  return launch_step(add_carried_grad_kernel<T>, rows, width, stream, rows, width, dy, ld_dy,
+                     carry, grad_n, end_begin, end_end);
 }
 
 template <typename T>
 cudaError_t copy_rows(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows,
                       int64_t width, cudaStream_t stream) {
-  if (rows <= 0 || width <= 0) return cudaSuccess;
-  copy_rows_kernel<T><<<step_grid(rows, width), kBlock, 0, stream>>>(src, ld_src, dst, ld_dst,
-                                                                      rows, width);
-  return cudaGetLastError();
+  return launch_step(copy_rows_kernel<T>, rows, width, stream, src, ld_src, dst, ld_dst, rows,
+                     width);
 }
 
 #define RNNFAST_INSTANTIATE(T)                                                                   \

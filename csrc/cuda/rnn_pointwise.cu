@@ -11,7 +11,7 @@
 namespace rnnfast::cuda {
 namespace {
 
-// The grid: step_grid() in kernels/cuda_math.cuh.
+// The grid: step_grid() in kernels/cuda_math.cuh (launch_step launches on it).
 
 // ---------------------------------------------------------------------------
 // CUDA kernels
@@ -67,26 +67,16 @@ __global__ void __launch_bounds__(kBlockCols* kBlockRows)
 
 template <typename T>
 cudaError_t bias_act_forward(const BiasActParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.H <= 0) return cudaSuccess;
-  const dim3 grid = step_grid(p.rows, p.H), block(kBlockCols, kBlockRows);
-  if (p.act == Activation::Tanh) {
-    bias_act_forward_kernel<T, Activation::Tanh><<<grid, block, 0, stream>>>(p);
-  } else {
-    bias_act_forward_kernel<T, Activation::Relu><<<grid, block, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  return p.act == Activation::Tanh
+             ? launch_step(bias_act_forward_kernel<T, Activation::Tanh>, p.rows, p.H, stream, p)
+             : launch_step(bias_act_forward_kernel<T, Activation::Relu>, p.rows, p.H, stream, p);
 }
 
 template <typename T>
 cudaError_t act_grad_backward(const ActGradParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.H <= 0) return cudaSuccess;
-  const dim3 grid = step_grid(p.rows, p.H), block(kBlockCols, kBlockRows);
-  if (p.act == Activation::Tanh) {
-    act_grad_backward_kernel<T, Activation::Tanh><<<grid, block, 0, stream>>>(p);
-  } else {
-    act_grad_backward_kernel<T, Activation::Relu><<<grid, block, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  return p.act == Activation::Tanh
+             ? launch_step(act_grad_backward_kernel<T, Activation::Tanh>, p.rows, p.H, stream, p)
+             : launch_step(act_grad_backward_kernel<T, Activation::Relu>, p.rows, p.H, stream, p);
 }
 
 #define RNNFAST_INSTANTIATE(T)                                                       \

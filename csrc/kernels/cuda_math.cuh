@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "rnn_cuda.cuh"
 
@@ -46,6 +47,17 @@ inline dim3 step_grid(int64_t rows, int64_t cols) {
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   const int64_t grid_rows = blocks < kMaxGridRows ? blocks : kMaxGridRows;
   return dim3(ceil_div(cols, kBlockCols), static_cast<unsigned int>(grid_rows));
+}
+
+// Launches a per-step pointwise kernel over rows x cols (step_grid, 32 x 8 blocks) on
+// stream; an empty step launches nothing.
+template <typename... Params, typename... Args>
+cudaError_t launch_step(void (*kernel)(Params...), int64_t rows, int64_t cols,
+                        cudaStream_t stream, Args&&... args) {
+  if (rows <= 0 || cols <= 0) return cudaSuccess;
+  kernel<<<step_grid(rows, cols), dim3(kBlockCols, kBlockRows), 0, stream>>>(
+      std::forward<Args>(args)...);
+  return cudaGetLastError();
 }
 
 }  // namespace rnnfast::cuda
