@@ -147,31 +147,35 @@ def assert_all_close(actual, expected, case, *, atol, rtol):
                                    msg=lambda m, n=n: f"{n}: {m}")
 
 
-def assert_low_precision_close(actual, expected, case, fwd_tol, grad_tol):
-    """16-bit dtypes: output and h_n within fwd_tol * max(1, max |e|) elementwise; the
-    gradients within grad_tol in relative Frobenius norm (ReLU's derivative jumps, so
-    16-bit rounding of a pre-activation near 0 legitimately flips a few entries)."""
-    for i, (a, e, n) in enumerate(zip(actual, expected, names(case))):
+def assert_low_precision_close(actual, expected, result_names, n_fwd, fwd_tol, grad_tol):
+    """16-bit dtypes: the first n_fwd results (output and the final states) within
+    fwd_tol * max(1, max |e|) elementwise; the gradients within grad_tol in relative
+    Frobenius norm (ReLU's derivative jumps, so 16-bit rounding of a pre-activation near 0
+    legitimately flips a few entries)."""
+    for i, (a, e, n) in enumerate(zip(actual, expected, result_names)):
         a, e = a.double().cpu(), e.double().cpu()
         assert torch.isfinite(a).all(), f"{n}: non-finite values"
         if e.numel() == 0:
+            assert a.numel() == 0, f"{n}: {a.numel()} values where none were expected"
             continue
-        if i < 2:
+        if i < n_fwd:
             err, tol = (a - e).abs().max().item(), fwd_tol * max(1.0, e.abs().max().item())
         else:
             err, tol = (a - e).norm().item(), grad_tol * max(1e-12, e.norm().item())
         assert err <= tol, f"{n}: error {err:.3g} > {tol:.3g}"
 
 
-def round_case(case: Case, dtype) -> Case:
-    """The case with every floating-point tensor rounded to dtype (kept in float64)."""
+def round_case(case, dtype):
+    """The case (Case or GatedCase) with every floating-point tensor, in lists too,
+    rounded to dtype (kept in float64)."""
 
     def r(t):
         return t.to(dtype).double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
 
-    fields = {f.name: r(getattr(case, f.name)) for f in dataclasses.fields(case)}
-    fields["weights"] = [r(w) for w in case.weights]
-    return Case(**fields)
+    fields = {f.name: getattr(case, f.name) for f in dataclasses.fields(case)}
+    for name, value in fields.items():
+        fields[name] = [r(t) for t in value] if isinstance(value, list) else r(value)
+    return type(case)(**fields)
 
 
 CASES = {
@@ -232,7 +236,7 @@ def test_half_precision(name, dtype, fwd_tol, grad_tol, path, monkeypatch):
     actual = run(case, "cuda", dtype)
     for t in actual:
         assert t.dtype == dtype
-    assert_low_precision_close(actual, expected, case, fwd_tol, grad_tol)
+    assert_low_precision_close(actual, expected, names(case), 2, fwd_tol, grad_tol)
 
 
 @pytest.mark.parametrize(
@@ -599,32 +603,6 @@ def assert_gated_close(actual, expected, case, *, atol, rtol):
                                    msg=lambda m, n=n: f"{n}: {m}")
 
 
-def assert_gated_low_precision_close(actual, expected, case, fwd_tol, grad_tol):
-    """As assert_low_precision_close: the forward results elementwise (relative to their
-    largest value), the gradients in relative Frobenius norm."""
-    n_fwd = 1 + len(case.hx)
-    for i, (a, e, n) in enumerate(zip(actual, expected, gated_names(case))):
-        a, e = a.double().cpu(), e.double().cpu()
-        assert torch.isfinite(a).all(), f"{n}: non-finite values"
-        if i < n_fwd:
-            err, tol = (a - e).abs().max().item(), fwd_tol * max(1.0, e.abs().max().item())
-        else:
-            err, tol = (a - e).norm().item(), grad_tol * max(1e-12, e.norm().item())
-        assert err <= tol, f"{n}: error {err:.3g} > {tol:.3g}"
-
-
-def round_gated_case(case: GatedCase, dtype) -> GatedCase:
-    """The case with every floating-point tensor rounded to dtype (kept in float64)."""
-
-    def r(t):
-        return t.to(dtype).double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-
-    fields = {f.name: getattr(case, f.name) for f in dataclasses.fields(case)}
-    for name, value in fields.items():
-        fields[name] = [r(t) for t in value] if isinstance(value, list) else r(value)
-    return GatedCase(**fields)
-
-
 GATED_CASES = {
     "lstm-uni-dense": dict(mode="LSTM"),
     "lstm-proj-uni-dense": dict(mode="LSTM", proj_size=13),
@@ -668,11 +646,12 @@ def test_gated_matches_float64_reference(name, dtype, no_tf32):
 def test_gated_half_precision(name, dtype, fwd_tol, grad_tol):
     # Reference: float64 on the same 16-bit-rounded inputs, so only the kernels' error counts.
     case = make_gated_case(**GATED_CASES[name])
-    expected = run_gated(round_gated_case(case, dtype), "cpu", torch.float64, use_reference=True)
+    expected = run_gated(round_case(case, dtype), "cpu", torch.float64, use_reference=True)
     actual = run_gated(case, "cuda", dtype)
     for t in actual:
         assert t.dtype == dtype
-    assert_gated_low_precision_close(actual, expected, case, fwd_tol, grad_tol)
+    assert_low_precision_close(actual, expected, gated_names(case), 1 + len(case.hx), fwd_tol,
+                               grad_tol)
 
 
 @pytest.mark.parametrize("losses", [("output",), ("h_n",), ("c_n",)], ids=lambda v: v[0])
@@ -924,4 +903,5 @@ def test_lstm_long_sequence(no_tf32):
     case = make_gated_case("LSTM", T=100_000, N=2, I=3, H=8, seed=5)
     expected = run_gated(case, "cpu", torch.float64)
     actual = run_gated(case, "cuda", torch.float32)
-    assert_gated_low_precision_close(actual, expected, case, fwd_tol=1e-4, grad_tol=1e-4)
+    assert_low_precision_close(actual, expected, gated_names(case), 1 + len(case.hx),
+                               fwd_tol=1e-4, grad_tol=1e-4)
