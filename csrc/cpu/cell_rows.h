@@ -13,18 +13,23 @@
 
 namespace rnnfast::cpu {
 
+// Every row works on n hidden units, which may be a slice [u0, u0 + n) of the layer's H
+// (a thread's share of a step): the pointers then point at unit u0, and gate k of unit j
+// is at k * H + j in gates, biases and gate gradients, at k * ldr + j in rec (the step
+// product, which a thread computes for its slice only). Whole rows: n = ldr = H.
+
 // LSTM forward of one row: gates (in: x-projection, out: i,f,g,o), rec (h_prev
 // W_hh^T), c_prev -> c, m.
 template <typename U, typename T>
-void lstm_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
-                      const T* c_prev, T* c, T* m) {
-  U::for_units(H, [&](auto L, int64_t j) {
+void lstm_forward_row(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr, const T* b_ih,
+                      const T* b_hh, const T* c_prev, T* c, T* m) {
+  U::for_units(n, [&](auto L, int64_t j) {
     using Ops = decltype(L);
     using V = typename Ops::V;
     V g[4];
     for (int k = 0; k < 4; ++k) {
       const int64_t idx = k * H + j;
-      g[k] = L.load(gates + idx) + L.load(rec + idx) +
+      g[k] = L.load(gates + idx) + L.load(rec + k * ldr + j) +
              (L.load(b_ih + idx) + L.load(b_hh + idx));
     }
     V cv, mv;
@@ -37,21 +42,21 @@ void lstm_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T*
 
 // GRU forward of one row: gates (in: x-projection, out: r,z,n), rec, h_prev -> hn, h.
 template <typename U, typename T>
-void gru_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
-                     const T* h_prev, T* hn, T* h) {
-  U::for_units(H, [&](auto L, int64_t j) {
+void gru_forward_row(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr, const T* b_ih,
+                     const T* b_hh, const T* h_prev, T* hn, T* h) {
+  U::for_units(n, [&](auto L, int64_t j) {
     using Ops = decltype(L);
     using V = typename Ops::V;
     V r = L.load(gates + j) + L.load(b_ih + j) + (L.load(rec + j) + L.load(b_hh + j));
     V z = L.load(gates + H + j) + L.load(b_ih + H + j) +
-          (L.load(rec + H + j) + L.load(b_hh + H + j));
-    V n = L.load(gates + 2 * H + j) + L.load(b_ih + 2 * H + j);
-    const V hnv = L.load(rec + 2 * H + j) + L.load(b_hh + 2 * H + j);
+          (L.load(rec + ldr + j) + L.load(b_hh + H + j));
+    V nv = L.load(gates + 2 * H + j) + L.load(b_ih + 2 * H + j);
+    const V hnv = L.load(rec + 2 * ldr + j) + L.load(b_hh + 2 * H + j);
     V hv;
-    Gru::forward<V, Ops>(r, z, n, hnv, L.load(h_prev + j), hv);
+    Gru::forward<V, Ops>(r, z, nv, hnv, L.load(h_prev + j), hv);
     L.store(r, gates + j);
     L.store(z, gates + H + j);
-    L.store(n, gates + 2 * H + j);
+    L.store(nv, gates + 2 * H + j);
     L.store(hnv, hn + j);
     L.store(hv, h + j);
   });
@@ -60,9 +65,9 @@ void gru_forward_row(int64_t H, T* gates, const T* rec, const T* b_ih, const T* 
 // LSTM backward of one row. dc_in: the carried dc (null: zero). Writes the
 // pre-activation gradients dG (4H), dc_prev, and m (for dW_hr) when m is set.
 template <typename U, typename T>
-void lstm_backward_row(int64_t H, const T* gates, const T* c, const T* c_prev, const T* dm,
-                       const T* dc_in, T* dG, T* dc_prev, T* m) {
-  U::for_units(H, [&](auto L, int64_t j) {
+void lstm_backward_row(int64_t n, int64_t H, const T* gates, const T* c, const T* c_prev,
+                       const T* dm, const T* dc_in, T* dG, T* dc_prev, T* m) {
+  U::for_units(n, [&](auto L, int64_t j) {
     using Ops = decltype(L);
     using V = typename Ops::V;
     V g[4];
@@ -79,18 +84,18 @@ void lstm_backward_row(int64_t H, const T* gates, const T* c, const T* c_prev, c
 
 // GRU backward of one row: dG_W (3H), dG_R (3H) and the direct carry dh z.
 template <typename U, typename T>
-void gru_backward_row(int64_t H, const T* gates, const T* hn, const T* h_prev, const T* dh,
-                      T* dGW, T* dGR, T* dh_prev) {
-  U::for_units(H, [&](auto L, int64_t j) {
+void gru_backward_row(int64_t n, int64_t H, const T* gates, const T* hn, const T* h_prev,
+                      const T* dh, T* dGW, T* dGR, T* dh_prev) {
+  U::for_units(n, [&](auto L, int64_t j) {
     using Ops = decltype(L);
     using V = typename Ops::V;
-    V r = L.load(gates + j), z = L.load(gates + H + j), n = L.load(gates + 2 * H + j);
+    V r = L.load(gates + j), z = L.load(gates + H + j), nv = L.load(gates + 2 * H + j);
     V dn_rec, dhp;
-    Gru::backward<V, Ops>(r, z, n, L.load(hn + j), L.load(h_prev + j), L.load(dh + j),
+    Gru::backward<V, Ops>(r, z, nv, L.load(hn + j), L.load(h_prev + j), L.load(dh + j),
                           dn_rec, dhp);
     L.store(r, dGW + j);
     L.store(z, dGW + H + j);
-    L.store(n, dGW + 2 * H + j);
+    L.store(nv, dGW + 2 * H + j);
     L.store(r, dGR + j);
     L.store(z, dGR + H + j);
     L.store(dn_rec, dGR + 2 * H + j);

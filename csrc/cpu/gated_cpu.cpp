@@ -78,13 +78,21 @@ void for_rows(int64_t rows, int64_t work_per_row, const Body& body) {
 // row-major, or with trans_b N x K (then always BLAS). float32 on AVX-512 uses
 // the step kernel (one thread), or for large steps the tiled kernel spread over
 // threads; the choice depends on the sizes only, so the summation order does not
-// depend on the thread count. float32 steps of at most kSmallGemmMaxRows rows on other
-// AVX2 CPUs use the small GEMM (small_gemm.h). The rest uses BLAS.
+// depend on the thread count. With B in panels (packed_steps) the packed kernel of
+// small_gemm.h; unpacked float32 steps of at most kSmallGemmMaxRows rows on AVX2 CPUs
+// the small GEMM. The rest uses BLAS.
 template <typename T>
 void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
                int64_t ldb, bool trans_b, T* C, int64_t ldc, bool accumulate,
-               const T* B_packed = nullptr) {
+               const T* panels = nullptr) {
   if (M == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (panels) {
+      static const SmallGemmPacked packed = avx2::small_gemm_packed();
+      packed(M, N, K, A, lda, panels, C, ldc, accumulate);
+      return;
+    }
+  }
   const T beta = accumulate ? T(1) : T(0);
   if (trans_b) {
     gemm_sized<T>(false, true, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
@@ -110,14 +118,7 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
       avx512::step(a, 0, N);
       return;
     }
-  }
-  if constexpr (std::is_same_v<T, float>) {
     static const SmallGemm small = avx2::small_gemm();
-    static const SmallGemmPacked small_packed = avx2::small_gemm_packed();
-    if (M <= kSmallGemmMaxRows && B_packed && small_packed) {
-      small_packed(M, N, K, A, lda, B_packed, C, ldc, accumulate);
-      return;
-    }
     if (M <= kSmallGemmMaxRows && small) {
       small(M, N, K, A, lda, B, ldb, C, ldc, accumulate);
       return;
@@ -126,34 +127,35 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
   gemm_sized<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
-// dst (rows x width, contiguous) = the state each row of step p starts from: rows
-// b < split from the previous step's rows of `prev` (row stride ld), the others from
-// init (N x width).
+// float32 on AVX2 CPUs (without AVX-512) packs each thread's share of W_hh once per
+// layer in panels for the packed kernel (small_gemm.h: 75-80 GFLOP/s per core at every
+// batch size, against MKL's 50-58 on these shapes), and a unidirectional layer then
+// splits each step's hidden units over a team (thread_teams.h). Not for short sequences
+// (cells), which read the weights in place.
 template <typename T>
-void gather_prev(const StepPlan& p, int64_t width, const T* prev, int64_t ld, const T* init,
-                 T* dst) {
-  for (int64_t b = 0; b < p.split; ++b)
-    std::memcpy(dst + b * width, prev + (p.prev_offset + b) * ld, sizeof(T) * width);
-  if (p.rows > p.split)
-    std::memcpy(dst + p.split * width, init + p.split * width,
-                sizeof(T) * width * (p.rows - p.split));
+bool packed_steps(const RnnSizes& s) {
+  if constexpr (std::is_same_v<T, float>) {
+    return avx2::small_gemm_packed() && !avx512::supported() && !weights_in_place(s);
+  }
+  return false;
 }
 
-// One layer-direction's weights and the transposed copies the per-step GEMMs read.
+// One layer-direction's weights as one thread's time loop reads them.
 template <typename T>
 struct GatedWeights {
   const T* w_ih = nullptr;  // (G*H, I_l)
   const T* w_hh = nullptr;  // (G*H, P)
   const T* w_hr = nullptr;  // (P, H) or null
-  std::vector<T> w_hh_t;    // (P, G*H), unless in place
+  std::vector<T> w_hh_t;    // (P, G*H), unless in place or in panels
   std::vector<T> w_hr_t;    // (H, P), unless in place
   std::vector<T> b_ih, b_hh;  // (G*H), zeros without biases
   bool in_place = false;    // the forward reads w_hh / w_hr transposed, where they are
-  // For float32 steps of few rows on AVX2: w_hh^T (forward) or w_hh (backward) packed
-  // for the small GEMM (small_gemm.h); empty otherwise.
-  std::vector<T> w_hh_packed;
+  // With packed_steps: this thread's B operand of the per-step product in panels.
+  // Forward: the G gate columns of its units [u0, u1) of W_hh^T (P x G*U, gate-major,
+  // U = u1 - u0); backward: its columns of W_hh (G*H x U, or all P with proj_size).
+  std::vector<T> panels;
 
-  const T* rec_packed() const { return w_hh_packed.empty() ? nullptr : w_hh_packed.data(); }
+  const T* rec_panels() const { return panels.empty() ? nullptr : panels.data(); }
 
   // The B operands of the forward's per-step GEMMs: (pointer, ld, transposed).
   std::tuple<const T*, int64_t, bool> rec_b(int64_t GH, int64_t P) const {
@@ -164,10 +166,14 @@ struct GatedWeights {
   }
 };
 
+// The weights of (layer, d) for the thread owning hidden units [u0, u1) (forward) or
+// columns [u0, u1) of the carried dh (backward; the same slice, as P == H when the
+// units are split).
 template <typename T>
 GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Tensor>& weights,
-                                     int64_t layer, int64_t d, bool transposed) {
-  const int64_t GH = s.G * s.H;
+                                     int64_t layer, int64_t d, bool forward, int64_t u0,
+                                     int64_t u1) {
+  const int64_t GH = s.G * s.H, H = s.H, P = s.P;
   GatedWeights<T> w;
   w.w_ih = weights[s.weight_index(layer, d, 0)].const_data_ptr<T>();
   w.w_hh = weights[s.weight_index(layer, d, 1)].const_data_ptr<T>();
@@ -181,26 +187,30 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
   }
   if (s.has_proj) w.w_hr = weights[s.w_hr_index(layer, d)].const_data_ptr<T>();
   w.in_place = weights_in_place(s);
-  if (transposed && !w.in_place) {
-    w.w_hh_t.resize(s.P * GH);
-    transpose_to(w.w_hh, s.P, GH, s.P, w.w_hh_t.data());
-    if (s.has_proj) {
-      w.w_hr_t.resize(s.H * s.P);
-      transpose_to(w.w_hr, s.H, s.P, s.H, w.w_hr_t.data());
+  const bool panels = packed_steps<T>(s);
+  if constexpr (std::is_same_v<T, float>) {
+    if (panels) {
+      const int64_t U = u1 - u0;
+      if (forward) {  // column g * U + j of the slice is row g * H + u0 + j of W_hh
+        w.panels.resize(small_gemm_packed_size(P, s.G * U));
+        pack_panels_of_rows(P, s.G * U, [&](int64_t j) {
+          return w.w_hh + ((j / U) * H + u0 + j % U) * P;
+        }, w.panels.data());
+      } else {
+        const int64_t q0 = s.has_proj ? 0 : u0, Q = s.has_proj ? P : U;
+        w.panels.resize(small_gemm_packed_size(GH, Q));
+        pack_small_gemm_b(GH, Q, w.w_hh + q0, P, w.panels.data());
+      }
     }
   }
-  if constexpr (std::is_same_v<T, float>) {
-    // Packed once per layer when some step is small (batch sizes never grow); not for
-    // the short sequences (cells) that read the weights in place.
-    const bool small_steps = !s.batch_sizes.empty() && s.batch_sizes.back() <= kSmallGemmMaxRows;
-    if (small_steps && !w.in_place && avx2::small_gemm_packed() && !avx512::supported()) {
-      if (transposed) {  // forward: B = w_hh^T (P x G*H)
-        w.w_hh_packed.resize(small_gemm_packed_size(s.P, GH));
-        pack_small_gemm_b(s.P, GH, w.w_hh_t.data(), GH, w.w_hh_packed.data());
-      } else {  // backward: B = w_hh (G*H x P)
-        w.w_hh_packed.resize(small_gemm_packed_size(GH, s.P));
-        pack_small_gemm_b(GH, s.P, w.w_hh, s.P, w.w_hh_packed.data());
-      }
+  if (forward && !w.in_place) {
+    if (!panels) {
+      w.w_hh_t.resize(P * GH);
+      transpose_to(w.w_hh, P, GH, P, w.w_hh_t.data());
+    }
+    if (s.has_proj) {
+      w.w_hr_t.resize(H * P);
+      transpose_to(w.w_hr, H, P, H, w.w_hr_t.data());
     }
   }
   return w;
@@ -210,60 +220,70 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
 // Forward
 // ---------------------------------------------------------------------------
 
-// Per-call scratch of the forward time loops, sized once.
+// Per-call scratch of the forward time loops of one direction, sized once: (N, G*H)
+// for the step product (a team's threads each own G*U of its columns), (N, H) m with
+// proj_size.
 template <typename T>
 struct ForwardScratch {
-  // (N, P), (N, H) for LSTM, (N, G*H), (N, H) with proj_size
-  std::vector<T> h_prev, c_prev, rec, m;
+  std::vector<T> rec, m;
   explicit ForwardScratch(const RnnSizes& s)
-      : h_prev(s.N * s.P),
-        c_prev(s.cell == CellKind::Lstm ? s.N * s.H : 0),
-        rec(s.N * s.G * s.H),
-        m(s.has_proj ? s.N * s.H : 0) {}
+      : rec(s.N * s.G * s.H), m(s.has_proj ? s.N * s.H : 0) {}
 };
 
-// One direction of one layer. Y: the layer's output (rows, D*P); gates (rows, D*G*H)
-// holds the input projection and becomes the gates; aux (rows, D*H) receives c (LSTM)
-// or hn (GRU). h0/c0/h_n/c_n: this layer-direction's (N, P) / (N, H) blocks.
+// One direction of one layer, for the thread owning hidden units [u0, u1) of a team of
+// `team` threads (one thread: [0, H)). Y: the layer's output (rows, D*P); gates (rows,
+// D*G*H) holds the input projection and becomes the gates; aux (rows, D*H) receives c
+// (LSTM) or hn (GRU). h0/c0/h_n/c_n: this layer-direction's (N, P) / (N, H) blocks.
+// Per step the thread computes its G*U columns of h_prev W_hh^T, the cell pointwise of
+// its units, and meets the team at a barrier before the next step reads h.
 template <typename T>
-void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, T* Y, T* gates,
-                       T* aux, const T* h0, const T* c0, T* h_n, T* c_n,
-                       ForwardScratch<T>& scratch) {
+void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, int64_t u0,
+                       int64_t u1, int team, T* Y, T* gates, T* aux, const T* h0, const T* c0,
+                       T* h_n, T* c_n, ForwardScratch<T>& scratch) {
   const RowKernels<T>& rows = best_rows<T>();
-  const int64_t H = s.H, P = s.P, GH = s.G * s.H;
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H, U = u1 - u0;
   const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
   T* Yd = Y + d * P;
   T* Gd = gates + d * GH;
   T* Ad = aux + d * H;
+  T* rec = scratch.rec.data() + s.G * u0;  // this thread's G*U columns, gate-major
   const bool lstm = s.cell == CellKind::Lstm;
+  // The columns of h (and h_n) this thread writes: its units, or all P after a projection.
+  const int64_t q0 = s.has_proj ? 0 : u0, Q = s.has_proj ? P : U;
+  const auto [B, ldb, trans_b] = w.rec_b(GH, P);
   for (int64_t i = 0; i < s.T; ++i) {
     const StepPlan p = s.plan(d, i);
-    gather_prev(p, P, Yd, ldY, h0, scratch.h_prev.data());
-    if (lstm) gather_prev(p, H, Ad, ldA, c0, scratch.c_prev.data());
-    const auto [B, ldb, trans_b] = w.rec_b(GH, P);
-    step_gemm<T>(p.rows, GH, P, scratch.h_prev.data(), P, B, ldb, trans_b, scratch.rec.data(),
-                 GH, false, trans_b ? nullptr : w.rec_packed());
-    for_rows(p.rows, GH, [&](int64_t b) {
+    // Rows b < split continue from the previous step's output rows, the others from h0.
+    const T* prev = Yd + p.prev_offset * ldY;
+    step_gemm<T>(p.split, s.G * U, P, prev, ldY, B, ldb, trans_b, rec, GH, false,
+                 w.rec_panels());
+    step_gemm<T>(p.rows - p.split, s.G * U, P, h0 + p.split * P, P, B, ldb, trans_b,
+                 rec + p.split * GH, GH, false, w.rec_panels());
+    for_rows(p.rows, s.G * U, [&](int64_t b) {
       const int64_t row = p.offset + b;
       if (lstm) {
+        const T* c_prev = b < p.split ? Ad + (p.prev_offset + b) * ldA : c0 + b * H;
         T* m = s.has_proj ? scratch.m.data() + b * H : Yd + row * ldY;
-        rows.lstm_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
-                            w.b_hh.data(), scratch.c_prev.data() + b * H, Ad + row * ldA, m);
+        rows.lstm_forward(U, H, Gd + row * ldG + u0, rec + b * GH, U, w.b_ih.data() + u0,
+                          w.b_hh.data() + u0, c_prev + u0, Ad + row * ldA + u0, m + u0);
       } else {
-        rows.gru_forward(H, Gd + row * ldG, scratch.rec.data() + b * GH, w.b_ih.data(),
-                           w.b_hh.data(), scratch.h_prev.data() + b * P, Ad + row * ldA,
-                           Yd + row * ldY);
+        const T* h_prev = b < p.split ? prev + b * ldY : h0 + b * P;
+        rows.gru_forward(U, H, Gd + row * ldG + u0, rec + b * GH, U, w.b_ih.data() + u0,
+                         w.b_hh.data() + u0, h_prev + u0, Ad + row * ldA + u0,
+                         Yd + row * ldY + u0);
       }
     });
-    if (s.has_proj) {
+    if (s.has_proj) {  // one thread (no team with proj_size)
       const auto [Bp, ldbp, trans_bp] = w.proj_b(H, P);
       step_gemm<T>(p.rows, P, H, scratch.m.data(), H, Bp, ldbp, trans_bp, Yd + p.offset * ldY,
                    ldY, false);
     }
     for (int64_t b = p.end_begin; b < p.end_end; ++b) {
-      std::memcpy(h_n + b * P, Yd + (p.offset + b) * ldY, sizeof(T) * P);
-      if (lstm) std::memcpy(c_n + b * H, Ad + (p.offset + b) * ldA, sizeof(T) * H);
+      const int64_t row = p.offset + b;
+      std::memcpy(h_n + b * P + q0, Yd + row * ldY + q0, sizeof(T) * Q);
+      if (lstm) std::memcpy(c_n + b * H + u0, Ad + row * ldA + u0, sizeof(T) * U);
     }
+    team_barrier(team);
   }
 }
 
@@ -304,17 +324,23 @@ struct BackwardScratch {
   }
 };
 
-// BPTT of one direction of one layer. dY (rows, D*P) holds the output gradient and
-// becomes dH (with the carried gradient); dGW / dGR (rows, G*H) receive the gate
-// gradients; dhx / dcx this layer-direction's blocks of grad_hx; ghn / gcn those of
-// grad_h_n (null: zero). need_dhx: false when nobody wants grad_hx.
+// BPTT of one direction of one layer, for the thread owning hidden units [u0, u1) of a
+// team of `team` threads (one thread: [0, H)); with a team P == H and the thread also
+// owns columns [u0, u1) of dh. dY (rows, D*P) holds the output gradient and becomes dH
+// (with the carried gradient); dGW / dGR (rows, G*H) receive the gate gradients; dhx /
+// dcx this layer-direction's blocks of grad_hx; ghn / gcn those of grad_h_n (null:
+// zero). need_dhx: false when nobody wants grad_hx. Per step: the pointwise of the
+// thread's units, a barrier (the product needs every unit's dG), then its columns of
+// the carried dh = dG_R W_hh, which only it reads next.
 template <typename T>
-void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, const T* Y,
-                        const T* gates, const T* aux, const T* h0, const T* c0, T* dY,
-                        const T* ghn, const T* gcn, T* dhx, T* dcx, bool need_dhx,
-                        BackwardScratch<T>& sc) {
-  const int64_t H = s.H, P = s.P, GH = s.G * s.H;
+void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, int64_t u0,
+                        int64_t u1, int team, const T* Y, const T* gates, const T* aux,
+                        const T* h0, const T* c0, T* dY, const T* ghn, const T* gcn, T* dhx,
+                        T* dcx, bool need_dhx, BackwardScratch<T>& sc) {
+  const int64_t H = s.H, P = s.P, GH = s.G * s.H, U = u1 - u0;
   const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
+  // The columns of dh this thread owns: its units, or all P with a projection.
+  const int64_t q0 = s.has_proj ? 0 : u0, Q = s.has_proj ? P : U;
   const T* Yd = Y + d * P;
   const T* Gd = gates + d * GH;
   const T* Ad = aux + d * H;
@@ -328,11 +354,19 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
   const bool lstm = s.cell == CellKind::Lstm;
   const RowKernels<T>& rows = best_rows<T>();
 
-  // The states each row started from, for the whole sequence (dW_hh needs h_prev).
+  // The states each row started from, for the whole sequence (dW_hh needs h_prev):
+  // this thread's columns.
   for (int64_t i = 0; i < s.T; ++i) {
     const StepPlan p = s.plan(d, i);
-    gather_prev(p, P, Yd, ldY, h0, Hp + p.offset * P);
-    if (lstm) gather_prev(p, H, Ad, ldA, c0, Cp + p.offset * H);
+    for (int64_t b = 0; b < p.rows; ++b) {
+      const bool cont = b < p.split;
+      const T* h = cont ? Yd + (p.prev_offset + b) * ldY : h0 + b * P;
+      std::memcpy(Hp + (p.offset + b) * P + q0, h + q0, sizeof(T) * Q);
+      if (lstm) {
+        const T* c = cont ? Ad + (p.prev_offset + b) * ldA : c0 + b * H;
+        std::memcpy(Cp + (p.offset + b) * H + u0, c + u0, sizeof(T) * U);
+      }
+    }
   }
 
   for (int64_t i = s.T - 1; i >= 0; --i) {
@@ -341,31 +375,35 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
     // dh = dY + (grad_h_n where the sequence ended here, else the carried gradient)
     for (int64_t b = 0; b < p.rows; ++b) {
       const T* add = ends_here(b) ? (ghn ? ghn + b * P : nullptr) : dhx + b * P;
-      if (add) rows.add(P, add, dYd + (p.offset + b) * ldY);
+      if (add) rows.add(Q, add + q0, dYd + (p.offset + b) * ldY + q0);
     }
     const T* dm = dYd + p.offset * ldY;
     int64_t ld_dm = ldY;
-    if (s.has_proj) {
+    if (s.has_proj) {  // one thread
       step_gemm<T>(p.rows, H, P, dm, ldY, w.w_hr, H, false, dM, H, false);
       dm = dM;
       ld_dm = H;
     }
-    for_rows(p.rows, GH, [&](int64_t b) {
+    for_rows(p.rows, s.G * U, [&](int64_t b) {
       const int64_t row = p.offset + b;
       if (lstm) {
         const T* dc_in = ends_here(b) ? (gcn ? gcn + b * H : nullptr) : dcx + b * H;
-        rows.lstm_backward(H, Gd + row * ldG, Ad + row * ldA, Cp + row * H, dm + b * ld_dm,
-                             dc_in, dGW + row * GH, dcx + b * H, M ? M + row * H : nullptr);
+        rows.lstm_backward(U, H, Gd + row * ldG + u0, Ad + row * ldA + u0,
+                           Cp + row * H + u0, dm + b * ld_dm + u0,
+                           dc_in ? dc_in + u0 : nullptr, dGW + row * GH + u0,
+                           dcx + b * H + u0, M ? M + row * H + u0 : nullptr);
       } else {
-        rows.gru_backward(H, Gd + row * ldG, Ad + row * ldA, Hp + row * P,
-                            dYd + row * ldY, dGW + row * GH, dGR + row * GH, dhx + b * P);
+        rows.gru_backward(U, H, Gd + row * ldG + u0, Ad + row * ldA + u0, Hp + row * P + u0,
+                          dYd + row * ldY + u0, dGW + row * GH + u0, dGR + row * GH + u0,
+                          dhx + b * P + u0);
       }
     });
+    team_barrier(team);
     // The first step's product only feeds grad_hx (at T = 1, one of the four GEMMs).
     if (i == 0 && !need_dhx) break;
     // GRU's rows already hold the direct carry dh z: accumulate onto it.
-    step_gemm<T>(p.rows, P, GH, dGR + p.offset * GH, GH, w.w_hh, P, false, dhx, P,
-                 s.cell == CellKind::Gru, w.rec_packed());
+    step_gemm<T>(p.rows, Q, GH, dGR + p.offset * GH, GH, w.w_hh + q0, P, false, dhx + q0, P,
+                 s.cell == CellKind::Gru, w.rec_panels());
   }
 }
 
@@ -380,12 +418,12 @@ class GatedLoops final : public CellLoops<T> {
     while (static_cast<int64_t>(fwd_.size()) < s_.D) fwd_.emplace_back(s_);
     const int64_t NP = s_.N * s_.P, NH = s_.N * s_.H;
     const bool lstm = s_.cell == CellKind::Lstm;
-    for_each_direction(s_, [&](int64_t d) {
-      const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, true);
-      forward_direction<T>(s_, d, w, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
+    run_directions(s_, [&](int64_t d, int64_t u0, int64_t u1, int team) {
+      const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, true, u0, u1);
+      forward_direction<T>(s_, d, w, u0, u1, team, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
                            lstm ? b.hx[1] + d * NH : nullptr, b.h_n[0] + d * NP,
                            lstm ? b.h_n[1] + d * NH : nullptr, fwd_[d]);
-    });
+    }, split_units());
   }
 
   void backward(const LayerBuffers<T>& b,
@@ -394,14 +432,16 @@ class GatedLoops final : public CellLoops<T> {
     const int64_t NP = s_.N * s_.P, NH = s_.N * s_.H, GH = s_.G * s_.H;
     const bool lstm = s_.cell == CellKind::Lstm;
     auto block = [](const T* p, int64_t offset) { return p ? p + offset : nullptr; };
-    for_each_direction(s_, [&](int64_t d) {
-      const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, false);
-      backward_direction<T>(s_, d, w, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
-                            lstm ? b.hx[1] + d * NH : nullptr, b.dY, block(b.grad_h_n[0], d * NP),
+    run_directions(s_, [&](int64_t d, int64_t u0, int64_t u1, int team) {
+      const GatedWeights<T> w =
+          gather_gated_weights<T>(s_, weights_, b.layer, d, false, u0, u1);
+      backward_direction<T>(s_, d, w, u0, u1, team, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
+                            lstm ? b.hx[1] + d * NH : nullptr, b.dY,
+                            block(b.grad_h_n[0], d * NP),
                             lstm ? block(b.grad_h_n[1], d * NH) : nullptr,
                             b.grad_hx[0] + d * NP, lstm ? b.grad_hx[1] + d * NH : nullptr,
                             b.need_grad_hx, bwd_[d]);
-    });
+    }, split_units());
     // The weight-gradient GEMMs after both directions, on all threads.
     for (const auto d : c10::irange(s_.D)) {
       const BackwardScratch<T>& sc = bwd_[d];
@@ -421,6 +461,10 @@ class GatedLoops final : public CellLoops<T> {
   }
 
  private:
+  // A team splits a step's hidden units only with the packed per-thread weights, and
+  // not across a projection (its product needs every unit's m).
+  bool split_units() const { return packed_steps<T>(s_) && !s_.has_proj; }
+
   const RnnSizes& s_;
   const std::vector<at::Tensor>& weights_;
   std::vector<ForwardScratch<T>> fwd_;   // per direction
@@ -428,7 +472,6 @@ class GatedLoops final : public CellLoops<T> {
 };
 
 }  // namespace
-
 
 template <typename T>
 std::unique_ptr<CellLoops<T>> make_gated_loops(const RnnSizes& s,

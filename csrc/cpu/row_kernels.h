@@ -8,14 +8,14 @@ namespace rnnfast::cpu {
 
 template <typename T>
 struct RowKernels {
-  void (*lstm_forward)(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
-                       const T* c_prev, T* c, T* m);
-  void (*gru_forward)(int64_t H, T* gates, const T* rec, const T* b_ih, const T* b_hh,
-                      const T* h_prev, T* hn, T* h);
-  void (*lstm_backward)(int64_t H, const T* gates, const T* c, const T* c_prev, const T* dm,
-                        const T* dc_in, T* dG, T* dc_prev, T* m);
-  void (*gru_backward)(int64_t H, const T* gates, const T* hn, const T* h_prev, const T* dh,
-                       T* dGW, T* dGR, T* dh_prev);
+  void (*lstm_forward)(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr,
+                       const T* b_ih, const T* b_hh, const T* c_prev, T* c, T* m);
+  void (*gru_forward)(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr, const T* b_ih,
+                      const T* b_hh, const T* h_prev, T* hn, T* h);
+  void (*lstm_backward)(int64_t n, int64_t H, const T* gates, const T* c, const T* c_prev,
+                        const T* dm, const T* dc_in, T* dG, T* dc_prev, T* m);
+  void (*gru_backward)(int64_t n, int64_t H, const T* gates, const T* hn, const T* h_prev,
+                       const T* dh, T* dGW, T* dGR, T* dh_prev);
   void (*add)(int64_t n, const T* src, T* dst);
   void (*tanh_bias)(int64_t n, const T* z, const T* bias, T* h);  // Elman; z may be h
 };

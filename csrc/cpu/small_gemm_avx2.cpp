@@ -84,32 +84,47 @@ void small_gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
   });
 }
 
-// B packed in 24-column panels: every panel is one 4 x 24 register tile per 4 rows; the
-// last, partial panel goes through a 24-wide scratch row (its padding columns are zero
-// and are not stored). Each element is the same k-ordered sum as above.
+// One 24-column panel of B (K x 24, the columns past `width` zero) times R rows of A:
+// a 4 x 24 register tile; a partial panel goes through a 24-wide scratch row (its
+// padding columns are not stored). Each element is the same k-ordered sum as above.
 template <int R>
-void packed_rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp, float* C,
-                 int64_t ldc, bool accumulate) {
+void panel_rows(int64_t width, int64_t K, const float* A, int64_t lda, const float* panel,
+                float* C, int64_t ldc, bool accumulate) {
   constexpr int64_t P = 24;
-  int64_t n = 0;
-  for (; n + P <= N; n += P)
-    tile<R, 3>(K, A, lda, Bp + (n / P) * K * P, P, C + n, ldc, accumulate);
-  if (n < N) {
-    float part[R][P];
-    tile<R, 3>(K, A, lda, Bp + (n / P) * K * P, P, &part[0][0], P, false);
-    for (int r = 0; r < R; ++r)
-      for (int64_t j = 0; j < N - n; ++j) {
-        float* c = C + r * ldc + n + j;
-        *c = accumulate ? *c + part[r][j] : part[r][j];
-      }
+  if (width == P) {
+    tile<R, 3>(K, A, lda, panel, P, C, ldc, accumulate);
+    return;
   }
+  float part[R][P];
+  tile<R, 3>(K, A, lda, panel, P, &part[0][0], P, false);
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < width; ++j) {
+      float* c = C + r * ldc + j;
+      *c = accumulate ? *c + part[r][j] : part[r][j];
+    }
 }
+
+// B packed in 24-column panels. Panels outer, then chunks of kChunkK rows of the panel
+// (24 KiB: they stay in L1 while every row group of A uses them), then the row groups;
+// A's M rows (callers keep M to a block of at most a few hundred rows) stay in L2.
+// Each element is the k-ordered sum of each chunk, the chunks added in order.
+constexpr int64_t kChunkK = 256;
 
 void small_gemm_packed_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                             const float* Bp, float* C, int64_t ldc, bool accumulate) {
-  for_row_groups(M, [&](auto R, int64_t m) {
-    packed_rows<R()>(N, K, A + m * lda, lda, Bp, C + m * ldc, ldc, accumulate);
-  });
+  constexpr int64_t P = kSmallGemmPanel;
+  for (int64_t n = 0; n < N; n += P) {
+    const float* panel = Bp + (n / P) * K * P;
+    const int64_t width = N - n < P ? N - n : P;
+    for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+      const int64_t Kc = K - k0 < kChunkK ? K - k0 : kChunkK;
+      const bool add = accumulate || k0 > 0;
+      for_row_groups(M, [&](auto R, int64_t m) {
+        panel_rows<R()>(width, Kc, A + m * lda + k0, lda, panel + k0 * P, C + m * ldc + n, ldc,
+                        add);
+      });
+    }
+  }
 }
 
 }  // namespace

@@ -28,8 +28,8 @@ struct TeamPlan {
   bool per_direction = false;
 };
 
-// split_columns = false: loops that cannot split a step's columns (the gated cells')
-// get a team only for the two directions.
+// split_columns = false: loops that cannot split a step's columns get a team only for
+// the two directions.
 inline TeamPlan plan_team(const RnnSizes& s, bool split_columns = true) {
   TeamPlan p;
   const int nt = at::in_parallel_region() ? 1 : at::get_num_threads();
@@ -37,13 +37,14 @@ inline TeamPlan plan_team(const RnnSizes& s, bool split_columns = true) {
   if (s.D == 2) {
     p.threads = 2;
     p.per_direction = true;
-  } else if (split_columns && s.N * s.H * s.H >= kTeamMinFlops && s.H >= 32) {
+  } else if (split_columns && s.N * s.G * s.H * s.P >= kTeamMinFlops && s.H >= 32) {
     p.threads = static_cast<int>(std::min<int64_t>(nt, s.H / 16));
   }
   return p;
 }
 
-// Column slice [begin, end) of H owned by thread `tid` of `n`; 16-aligned.
+// Column slice [begin, end) of H owned by thread `tid` of `n`; 16-aligned. For a gated
+// cell the slice is of hidden units: the thread owns their G gate columns.
 inline std::pair<int64_t, int64_t> column_slice(int64_t H, int tid, int n) {
   const int64_t units = (H + 15) / 16;
   const int64_t b = units * tid / n, e = units * (tid + 1) / n;
@@ -70,8 +71,8 @@ inline void team_barrier(int n) {
 // picks: one thread per direction (team = 1), or the step's columns [c0, c1) split
 // over `team` threads that meet at a barrier every step.
 template <typename Body>
-void run_directions(const RnnSizes& s, Body body) {
-  const TeamPlan plan = plan_team(s);
+void run_directions(const RnnSizes& s, Body body, bool split_columns = true) {
+  const TeamPlan plan = plan_team(s, split_columns);
   run_team(plan, [&](int tid, int n) {
     for (int64_t d = 0; d < s.D; ++d) {
       if (plan.per_direction && d != tid) continue;
@@ -79,18 +80,6 @@ void run_directions(const RnnSizes& s, Body body) {
                                                : column_slice(s.H, tid, n);
       body(d, c0, c1, plan.per_direction ? 1 : n);
     }
-  });
-}
-
-// Runs body(d) for each direction of a layer: for a bidirectional layer with two
-// threads or more, one thread per direction (the directions share nothing, and the
-// BLAS calls and parallel loops inside then run on their own thread); else in turn.
-template <typename Body>
-void for_each_direction(const RnnSizes& s, Body body) {
-  const TeamPlan plan = plan_team(s, /*split_columns=*/false);
-  run_team(plan, [&](int tid, int) {
-    for (int64_t d = 0; d < s.D; ++d)
-      if (!plan.per_direction || d == tid) body(d);
   });
 }
 
