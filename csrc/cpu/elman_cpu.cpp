@@ -7,7 +7,8 @@
 // with dZ, the output gradient plus grad_h_n where each sequence's state became h_n,
 // in place of dY; the driver then takes dW_ih, dW_hh, db and dX from dZ. float32 on
 // AVX-512 fuses each step into one kernel (step_avx512.h), with a thread team per
-// layer; other types use BLAS per step.
+// layer; float32 on AVX2 runs each step's product on small_gemm.h's packed kernel;
+// other types use BLAS per step.
 #include "elman_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -19,6 +20,7 @@
 #include "cpu_common.h"
 #include "row_kernels.h"
 #include "sequence_cpu.h"
+#include "small_gemm.h"
 #include "step_avx512.h"
 #include "thread_teams.h"
 
@@ -259,6 +261,46 @@ void backward_direction_avx512(const RnnSizes& s, int64_t d, const In* W, int64_
   }
 }
 
+// The per-step products of the BLAS time loops below: C (+)= A op(W), op(W) = W^T
+// forward, W backward (W is H x H). float32 on AVX2 CPUs reads op(W) from panels packed
+// once per layer-direction (step_panels) with small_gemm.h's packed kernel: MKL's
+// per-step call costs 1-2 us of dispatch at small batch and runs its products at 50-60
+// GFLOP/s, the packed kernel at 75-85. A step of 2^20 multiply-adds or more splits its
+// panels over torch's threads (each element is the same k-ordered sum either way).
+template <typename T>
+std::vector<T> step_panels(const T* W, int64_t H, bool transposed) {
+  std::vector<T> panels;
+  if constexpr (std::is_same_v<T, float>) {
+    if (avx2::small_gemm_packed() && !avx512::supported()) {
+      panels.resize(small_gemm_packed_size(H, H));
+      if (transposed)
+        pack_panels_of_rows(H, H, [&](int64_t j) { return W + j * H; }, panels.data());
+      else
+        pack_small_gemm_b(H, H, W, H, panels.data());
+    }
+  }
+  return panels;
+}
+
+template <typename T>
+void step_product(const std::vector<T>& panels, bool transposed, int64_t M, int64_t H,
+                  const T* A, int64_t lda, const T* W, T beta, T* C, int64_t ldc) {
+  if (M == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (!panels.empty()) {
+      static const SmallGemmPacked packed = avx2::small_gemm_packed();
+      const int64_t n_panels = (H + kSmallGemmPanel - 1) / kSmallGemmPanel;
+      const int64_t grain = M * H * H >= kOneThreadFlops ? 1 : n_panels;
+      at::parallel_for(0, n_panels, grain, [&](int64_t p0, int64_t p1) {
+        const int64_t n0 = p0 * kSmallGemmPanel, n1 = std::min(H, p1 * kSmallGemmPanel);
+        packed(M, n1 - n0, H, A, lda, panels.data() + n0 * H, C + n0, ldc, beta != 0.f);
+      });
+      return;
+    }
+  }
+  gemm_any<T>(false, transposed, M, H, H, A, lda, W, H, beta, C, ldc);
+}
+
 // BLAS time loop of one direction (any dtype): see the file comment. dZ holds dY
 // plus the h_n gradient (add_grad_h_n) and becomes dZ.
 template <typename T>
@@ -269,14 +311,15 @@ void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T*
   const auto& off = s.offsets;
   const T* Yd = Y + d * H;
   T* dZd = dZ + d * H;
+  const std::vector<T> panels = step_panels<T>(W, H, false);
   if (d == 0) {
     for (int64_t t = T_ - 1; t >= 0; --t) {
       T* dZt = dZd + off[t] * DH;
       mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
       if (t > 0) {
-        gemm_any<T>(false, false, bs[t], H, H, dZt, DH, W, H, T(1), dZd + off[t - 1] * DH, DH);
+        step_product<T>(panels, false, bs[t], H, dZt, DH, W, T(1), dZd + off[t - 1] * DH, DH);
       } else {
-        gemm_any<T>(false, false, bs[0], H, H, dZt, DH, W, H, T(0), dhx_d, H);
+        step_product<T>(panels, false, bs[0], H, dZt, DH, W, T(0), dhx_d, H);
       }
     }
   } else {
@@ -284,11 +327,9 @@ void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T*
       T* dZt = dZd + off[t] * DH;
       const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
       mul_act_grad_rows<T>(s.act, bs[t], H, dZt, DH, Yd + off[t] * DH, DH);
-      if (live_next > 0)
-        gemm_any<T>(false, false, live_next, H, H, dZt, DH, W, H, T(1), dZd + off[t + 1] * DH,
-                DH);
-      gemm_any<T>(false, false, bs[t] - live_next, H, H, dZt + live_next * DH, DH, W, H, T(0),
-              dhx_d + live_next * H, H);
+      step_product<T>(panels, false, live_next, H, dZt, DH, W, T(1), dZd + off[t + 1] * DH, DH);
+      step_product<T>(panels, false, bs[t] - live_next, H, dZt + live_next * DH, DH, W, T(0),
+                      dhx_d + live_next * H, H);
     }
   }
 }
@@ -353,12 +394,13 @@ class ElmanLoops final : public CellLoops<T> {
       const T* hx_d = b.hx[0] + d * s_.N * H;
       T* hn_d = b.h_n[0] + d * s_.N * H;
       T* Yd = b.Y + d * H;
+      const std::vector<T> panels = step_panels<T>(w.w_hh, H, true);
       if (d == 0) {
         for (int64_t t = 0; t < T_; ++t) {
           T* Yt = Yd + off[t] * DH;
           const T* h_prev = t == 0 ? hx_d : Yd + off[t - 1] * DH;
           const int64_t ld_prev = t == 0 ? H : DH;
-          gemm_any<T>(false, true, bs[t], H, H, h_prev, ld_prev, w.w_hh, H, T(1), Yt, DH);
+          step_product<T>(panels, true, bs[t], H, h_prev, ld_prev, w.w_hh, T(1), Yt, DH);
           bias_act_rows<T>(s_.act, bs[t], H, w.bias.data(), Yt, DH, Yt, DH);
           // Rows whose sequence ends at this step hold their final state.
           const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
@@ -370,11 +412,10 @@ class ElmanLoops final : public CellLoops<T> {
           T* Yt = Yd + off[t] * DH;
           // Rows alive at t+1 continue from there; rows that start at t start from hx.
           const int64_t live_next = t + 1 < T_ ? bs[t + 1] : 0;
-          if (live_next > 0)
-            gemm_any<T>(false, true, live_next, H, H, Yd + off[t + 1] * DH, DH, w.w_hh, H, T(1),
-                        Yt, DH);
-          gemm_any<T>(false, true, bs[t] - live_next, H, H, hx_d + live_next * H, H, w.w_hh, H,
-                      T(1), Yt + live_next * DH, DH);
+          step_product<T>(panels, true, live_next, H, Yd + off[t + 1] * DH, DH, w.w_hh, T(1),
+                          Yt, DH);
+          step_product<T>(panels, true, bs[t] - live_next, H, hx_d + live_next * H, H, w.w_hh,
+                          T(1), Yt + live_next * DH, DH);
           bias_act_rows<T>(s_.act, bs[t], H, w.bias.data(), Yt, DH, Yt, DH);
         }
         copy_rows<T>(s_.N, H, Yd + off[0] * DH, DH, hn_d, H, false);

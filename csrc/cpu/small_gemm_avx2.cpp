@@ -20,21 +20,30 @@ namespace {
 
 // Rows [0, R) x columns [0, 8 V) of C (+)= A B, the tile in registers over all of K
 // (R * V <= 12 accumulators + V loads of B + one broadcast: the 16 ymm registers).
+// (The register tiles' loops are unrolled explicitly: left to itself GCC keeps the
+// accumulator array in memory under the extension's flags, at a third of the speed.)
 template <int R, int V>
 inline void tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb, float* C,
                  int64_t ldc, bool accumulate) {
   __m256 acc[R][V];
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) acc[r][v] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     __m256 b[V];
+    #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) b[v] = _mm256_loadu_ps(B + k * ldb + 8 * v);
+    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+      #pragma GCC unroll 16
       for (int v = 0; v < V; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
     }
   }
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) {
       float* c = C + r * ldc + 8 * v;
       _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), acc[r][v]) : acc[r][v]);
@@ -59,6 +68,7 @@ void rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int
   for (; n + 24 <= N; n += 24) tile<R, 3>(K, A, lda, B + n, ldb, C + n, ldc, accumulate);
   for (; n + 8 <= N; n += 8) tile<R, 1>(K, A, lda, B + n, ldb, C + n, ldc, accumulate);
   if (n < N)
+    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
       tail_columns(N - n, K, A + r * lda, B + n, ldb, C + r * ldc + n, accumulate);
 }
@@ -97,6 +107,7 @@ void panel_rows(int64_t width, int64_t K, const float* A, int64_t lda, const flo
   }
   float part[R][P];
   tile<R, 3>(K, A, lda, panel, P, &part[0][0], P, false);
+  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
     for (int64_t j = 0; j < width; ++j) {
       float* c = C + r * ldc + j;
@@ -104,13 +115,51 @@ void panel_rows(int64_t width, int64_t K, const float* A, int64_t lda, const flo
     }
 }
 
-// B packed in 24-column panels. Panels outer, then chunks of kChunkK rows of the panel
-// (24 KiB: they stay in L1 while every row group of A uses them), then the row groups;
-// A's M rows (callers keep M to a block of at most a few hundred rows) stay in L2.
-// Each element is the k-ordered sum of each chunk, the chunks added in order.
+// Rows [0, R) x NP whole panels (NP * 24 columns) of C (+)= A B: for the 1-2 rows left
+// after the four-row groups, whose single-panel tile would hold only 3-6 accumulators
+// and wait on the FMA latency (at batch 1 every step). Each element is the same
+// k-ordered sum as in tile().
+template <int R, int NP>
+inline void tile_panels(int64_t K, const float* A, int64_t lda, const float* panel,
+                        int64_t panel_stride, float* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t P = 24;
+  __m256 acc[R][3 * NP];
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
+    for (int v = 0; v < 3 * NP; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+      #pragma GCC unroll 16
+      for (int q = 0; q < NP; ++q)
+        #pragma GCC unroll 16
+        for (int v = 0; v < 3; ++v)
+          acc[r][3 * q + v] = _mm256_fmadd_ps(
+              a, _mm256_loadu_ps(panel + q * panel_stride + k * P + 8 * v), acc[r][3 * q + v]);
+    }
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
+    for (int q = 0; q < NP; ++q)
+      #pragma GCC unroll 16
+      for (int v = 0; v < 3; ++v) {
+        float* c = C + r * ldc + q * P + 8 * v;
+        const __m256 x = acc[r][3 * q + v];
+        _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c), x) : x);
+      }
+}
+
+// B packed in 24-column panels. Each element of C is the k-ordered sum over each chunk of
+// kChunkK rows of B, the chunks added in order, whichever path computes it.
 constexpr int64_t kChunkK = 256;
 
-void small_gemm_packed_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+// The four-row groups: panels outer, then chunks of the panel (24 KiB: they stay in L1
+// while every row group uses them), then the row groups; A's rows (callers keep M to a
+// block of at most a few hundred rows) stay in L2.
+void packed_four_row_groups(int64_t M4, int64_t N, int64_t K, const float* A, int64_t lda,
                             const float* Bp, float* C, int64_t ldc, bool accumulate) {
   constexpr int64_t P = kSmallGemmPanel;
   for (int64_t n = 0; n < N; n += P) {
@@ -118,12 +167,42 @@ void small_gemm_packed_avx2(int64_t M, int64_t N, int64_t K, const float* A, int
     const int64_t width = N - n < P ? N - n : P;
     for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
       const int64_t Kc = K - k0 < kChunkK ? K - k0 : kChunkK;
-      const bool add = accumulate || k0 > 0;
-      for_row_groups(M, [&](auto R, int64_t m) {
-        panel_rows<R()>(width, Kc, A + m * lda + k0, lda, panel + k0 * P, C + m * ldc + n, ldc,
-                        add);
-      });
+      for (int64_t m = 0; m < M4; m += 4)
+        panel_rows<4>(width, Kc, A + m * lda + k0, lda, panel + k0 * P, C + m * ldc + n, ldc,
+                      accumulate || k0 > 0);
     }
+  }
+}
+
+// R < 4 rows: NP whole panels per tile (R * 3 * NP <= 12 accumulators), then the
+// panels left one at a time.
+template <int R, int NP>
+void packed_few_rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
+                     float* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t P = kSmallGemmPanel;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunkK) {
+    const int64_t Kc = K - k0 < kChunkK ? K - k0 : kChunkK;
+    const bool add = accumulate || k0 > 0;
+    int64_t n = 0;
+    for (; n + NP * P <= N; n += NP * P)
+      tile_panels<R, NP>(Kc, A + k0, lda, Bp + (n / P) * K * P + k0 * P, K * P, C + n, ldc, add);
+    for (; n < N; n += P)
+      panel_rows<R>(N - n < P ? N - n : P, Kc, A + k0, lda, Bp + (n / P) * K * P + k0 * P,
+                    C + n, ldc, add);
+  }
+}
+
+void small_gemm_packed_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                            const float* Bp, float* C, int64_t ldc, bool accumulate) {
+  const int64_t M4 = M / 4 * 4;
+  packed_four_row_groups(M4, N, K, A, lda, Bp, C, ldc, accumulate);
+  const float* A_rest = A + M4 * lda;
+  float* C_rest = C + M4 * ldc;
+  switch (M - M4) {
+    case 3: packed_few_rows<3, 1>(N, K, A_rest, lda, Bp, C_rest, ldc, accumulate); break;
+    case 2: packed_few_rows<2, 2>(N, K, A_rest, lda, Bp, C_rest, ldc, accumulate); break;
+    case 1: packed_few_rows<1, 4>(N, K, A_rest, lda, Bp, C_rest, ldc, accumulate); break;
+    default: break;
   }
 }
 
