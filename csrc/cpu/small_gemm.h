@@ -1,4 +1,4 @@
-// Few-row float32 GEMMs for the per-step products at small batch (small_gemm_avx2.cpp).
+// float32 GEMMs for the per-step products on AVX2 CPUs (small_gemm_avx2.cpp).
 #pragma once
 
 #include <cstdint>

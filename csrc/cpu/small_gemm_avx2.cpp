@@ -1,9 +1,10 @@
-// A float32 GEMM for the few-row products of a time step (batch 1 to 8), compiled for
-// AVX2 + FMA. At such sizes a BLAS call costs more in dispatch, packing and blocking
-// than in multiply-adds; this kernel reads B where it is (row-major K x N, the layout
-// the step GEMMs keep their weights in) and keeps a 4-row x 24-column tile of C in
-// registers over all of K. One thread; each element is a k-ordered sum, so results do
-// not depend on the thread count or on M.
+// The float32 GEMMs of a time step, compiled for AVX2 + FMA: a 4-row x 24-column tile
+// of C in registers. small_gemm reads B where it is (row-major K x N) for the few-row
+// products whose weights are not packed (at such sizes a BLAS call costs more in
+// dispatch, packing and blocking than in multiply-adds); small_gemm_packed reads B from
+// panels packed once per layer, at any number of rows (the per-step products of every
+// cell on AVX2 CPUs). One thread; each element is a k-ordered sum (per 256-row chunk of
+// B for the packed one), so results do not depend on the thread count or on M.
 #include <immintrin.h>
 
 #include <cmath>
