@@ -263,15 +263,17 @@ void backward_direction_avx512(const RnnSizes& s, int64_t d, const In* W, int64_
 
 // The per-step products of the BLAS time loops below: C (+)= A op(W), op(W) = W^T
 // forward, W backward (W is H x H). float32 on AVX2 CPUs reads op(W) from panels packed
-// once per layer-direction (step_panels) with small_gemm.h's packed kernel: MKL's
+// once per layer-direction (step_panels; not for fewer than kTransposeMinSteps steps, where
+// the packing would cost more than it saves) with small_gemm.h's packed kernel: MKL's
 // per-step call costs 1-2 us of dispatch at small batch and runs its products at 50-60
 // GFLOP/s, the packed kernel at 75-85. A step of 2^20 multiply-adds or more splits its
 // panels over torch's threads (each element is the same k-ordered sum either way).
 template <typename T>
-std::vector<T> step_panels(const T* W, int64_t H, bool transposed) {
+std::vector<T> step_panels(const RnnSizes& s, const T* W, bool transposed) {
+  const int64_t H = s.H;
   std::vector<T> panels;
   if constexpr (std::is_same_v<T, float>) {
-    if (avx2::small_gemm_packed() && !avx512::supported()) {
+    if (avx2::small_gemm_packed() && !avx512::supported() && s.T >= kTransposeMinSteps) {
       panels.resize(small_gemm_packed_size(H, H));
       if (transposed)
         pack_panels_of_rows(H, H, [&](int64_t j) { return W + j * H; }, panels.data());
@@ -311,7 +313,7 @@ void backward_direction(const RnnSizes& s, int64_t d, const T* W, const T* Y, T*
   const auto& off = s.offsets;
   const T* Yd = Y + d * H;
   T* dZd = dZ + d * H;
-  const std::vector<T> panels = step_panels<T>(W, H, false);
+  const std::vector<T> panels = step_panels<T>(s, W, false);
   if (d == 0) {
     for (int64_t t = T_ - 1; t >= 0; --t) {
       T* dZt = dZd + off[t] * DH;
@@ -394,7 +396,7 @@ class ElmanLoops final : public CellLoops<T> {
       const T* hx_d = b.hx[0] + d * s_.N * H;
       T* hn_d = b.h_n[0] + d * s_.N * H;
       T* Yd = b.Y + d * H;
-      const std::vector<T> panels = step_panels<T>(w.w_hh, H, true);
+      const std::vector<T> panels = step_panels<T>(s_, w.w_hh, true);
       if (d == 0) {
         for (int64_t t = 0; t < T_; ++t) {
           T* Yt = Yd + off[t] * DH;

@@ -7,8 +7,6 @@
 
 namespace rnnfast::cpu {
 
-constexpr int64_t kTransposeMinSteps = 8;
-
 bool weights_in_place(const RnnSizes& s) {
   return !is_elman(s.cell) && s.T < kTransposeMinSteps && have_one_thread_blas();
 }

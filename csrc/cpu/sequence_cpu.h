@@ -76,6 +76,11 @@ template <typename T>
 std::unique_ptr<CellLoops<T>> make_gated_loops(const RnnSizes& s,
                                                const std::vector<at::Tensor>& weights);
 
+// Below this many steps the time loops read the weights where they are instead of packing
+// or transposing them first: a cell or a streaming call (T = 1) would spend more on the
+// copies than on the products.
+inline constexpr int64_t kTransposeMinSteps = 8;
+
 // Below this many steps the gated cells multiply by the weights where they are
 // (BLAS with B transposed) instead of first copying the transposes their
 // step GEMMs read: a cell (T = 1) would spend more on the copies than on the products.
