@@ -263,8 +263,8 @@ void backward_direction_avx512(const RnnSizes& s, int64_t d, const In* W, int64_
 
 // The per-step products of the BLAS time loops below: C (+)= A op(W), op(W) = W^T
 // forward, W backward (W is H x H). float32 on AVX2 CPUs reads op(W) from panels packed
-// once per layer-direction (step_panels; not for fewer than kTransposeMinSteps steps, where
-// the packing would cost more than it saves) with small_gemm.h's packed kernel: MKL's
+// once per layer-direction (step_panels, where pack_step_weights) with small_gemm.h's
+// packed kernel: MKL's
 // per-step call costs 1-2 us of dispatch at small batch and runs its products at 50-60
 // GFLOP/s, the packed kernel at 75-85. A step of 2^20 multiply-adds or more splits its
 // panels over torch's threads (each element is the same k-ordered sum either way).
@@ -273,7 +273,7 @@ std::vector<T> step_panels(const RnnSizes& s, const T* W, bool transposed) {
   const int64_t H = s.H;
   std::vector<T> panels;
   if constexpr (std::is_same_v<T, float>) {
-    if (avx2::small_gemm_packed() && !avx512::supported() && s.T >= kTransposeMinSteps) {
+    if (pack_step_weights(s)) {
       panels.resize(small_gemm_packed_size(H, H));
       if (transposed)
         pack_panels_of_rows(H, H, [&](int64_t j) { return W + j * H; }, panels.data());

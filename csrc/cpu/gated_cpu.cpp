@@ -127,17 +127,29 @@ void step_gemm(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T
   gemm_sized<T>(false, false, M, N, K, T(1), A, lda, B, ldb, beta, C, ldc);
 }
 
-// float32 on AVX2 CPUs (without AVX-512) packs each thread's share of W_hh once per
-// layer in panels for the packed kernel (small_gemm.h: 75-80 GFLOP/s per core at every
-// batch size, against MKL's 50-58 on these shapes), and a unidirectional layer then
-// splits each step's hidden units over a team (thread_teams.h). Not for short sequences
-// (cells), which read the weights in place.
+// Where pack_step_weights (float32), each thread packs its share of W_hh once per layer
+// in panels for the packed kernel (small_gemm.h: 75-87 GFLOP/s per core at every batch
+// size, against MKL's 50-58 on these shapes), and a unidirectional layer then splits
+// each step's hidden units over a team (thread_teams.h).
 template <typename T>
 bool packed_steps(const RnnSizes& s) {
-  if constexpr (std::is_same_v<T, float>) {
-    return avx2::small_gemm_packed() && !avx512::supported() && !weights_in_place(s);
-  }
-  return false;
+  return std::is_same_v<T, float> && pack_step_weights(s);
+}
+
+// Row b of step p starts from the previous step's row of `out` (row stride ld), or from
+// row b of init (row stride ld_init).
+template <typename T>
+const T* state_before(const StepPlan& p, int64_t b, const T* out, int64_t ld, const T* init,
+                      int64_t ld_init) {
+  return b < p.split ? out + (p.prev_offset + b) * ld : init + b * ld_init;
+}
+
+// The columns [q0, q0 + Q) of h (P wide) that the thread owning hidden units [u0, u1)
+// writes forward and carries backward: its units, or all P after a projection (which
+// runs on one thread).
+inline std::pair<int64_t, int64_t> h_columns(const RnnSizes& s, int64_t u0, int64_t u1) {
+  if (s.has_proj) return {0, s.P};
+  return {u0, u1 - u0};
 }
 
 // One layer-direction's weights as one thread's time loop reads them.
@@ -197,7 +209,7 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
           return w.w_hh + ((j / U) * H + u0 + j % U) * P;
         }, w.panels.data());
       } else {
-        const int64_t q0 = s.has_proj ? 0 : u0, Q = s.has_proj ? P : U;
+        const auto [q0, Q] = h_columns(s, u0, u1);
         w.panels.resize(small_gemm_packed_size(GH, Q));
         pack_small_gemm_b(GH, Q, w.w_hh + q0, P, w.panels.data());
       }
@@ -248,8 +260,7 @@ void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, i
   T* Ad = aux + d * H;
   T* rec = scratch.rec.data() + s.G * u0;  // this thread's G*U columns, gate-major
   const bool lstm = s.cell == CellKind::Lstm;
-  // The columns of h (and h_n) this thread writes: its units, or all P after a projection.
-  const int64_t q0 = s.has_proj ? 0 : u0, Q = s.has_proj ? P : U;
+  const auto [q0, Q] = h_columns(s, u0, u1);  // of h and h_n
   const auto [B, ldb, trans_b] = w.rec_b(GH, P);
   for (int64_t i = 0; i < s.T; ++i) {
     const StepPlan p = s.plan(d, i);
@@ -262,12 +273,12 @@ void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, i
     for_rows(p.rows, s.G * U, [&](int64_t b) {
       const int64_t row = p.offset + b;
       if (lstm) {
-        const T* c_prev = b < p.split ? Ad + (p.prev_offset + b) * ldA : c0 + b * H;
+        const T* c_prev = state_before(p, b, Ad, ldA, c0, H);
         T* m = s.has_proj ? scratch.m.data() + b * H : Yd + row * ldY;
         rows.lstm_forward(U, H, Gd + row * ldG + u0, rec + b * GH, U, w.b_ih.data() + u0,
                           w.b_hh.data() + u0, c_prev + u0, Ad + row * ldA + u0, m + u0);
       } else {
-        const T* h_prev = b < p.split ? prev + b * ldY : h0 + b * P;
+        const T* h_prev = state_before(p, b, Yd, ldY, h0, P);
         rows.gru_forward(U, H, Gd + row * ldG + u0, rec + b * GH, U, w.b_ih.data() + u0,
                          w.b_hh.data() + u0, h_prev + u0, Ad + row * ldA + u0,
                          Yd + row * ldY + u0);
@@ -339,8 +350,7 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
                         T* dcx, bool need_dhx, BackwardScratch<T>& sc) {
   const int64_t H = s.H, P = s.P, GH = s.G * s.H, U = u1 - u0;
   const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
-  // The columns of dh this thread owns: its units, or all P with a projection.
-  const int64_t q0 = s.has_proj ? 0 : u0, Q = s.has_proj ? P : U;
+  const auto [q0, Q] = h_columns(s, u0, u1);  // of dh
   const T* Yd = Y + d * P;
   const T* Gd = gates + d * GH;
   const T* Ad = aux + d * H;
@@ -359,13 +369,11 @@ void backward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, 
   for (int64_t i = 0; i < s.T; ++i) {
     const StepPlan p = s.plan(d, i);
     for (int64_t b = 0; b < p.rows; ++b) {
-      const bool cont = b < p.split;
-      const T* h = cont ? Yd + (p.prev_offset + b) * ldY : h0 + b * P;
-      std::memcpy(Hp + (p.offset + b) * P + q0, h + q0, sizeof(T) * Q);
-      if (lstm) {
-        const T* c = cont ? Ad + (p.prev_offset + b) * ldA : c0 + b * H;
-        std::memcpy(Cp + (p.offset + b) * H + u0, c + u0, sizeof(T) * U);
-      }
+      std::memcpy(Hp + (p.offset + b) * P + q0, state_before(p, b, Yd, ldY, h0, P) + q0,
+                  sizeof(T) * Q);
+      if (lstm)
+        std::memcpy(Cp + (p.offset + b) * H + u0, state_before(p, b, Ad, ldA, c0, H) + u0,
+                    sizeof(T) * U);
     }
   }
 

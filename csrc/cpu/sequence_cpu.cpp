@@ -4,11 +4,16 @@
 #include <c10/util/irange.h>
 
 #include "cpu_common.h"
+#include "small_gemm.h"
 
 namespace rnnfast::cpu {
 
 bool weights_in_place(const RnnSizes& s) {
   return !is_elman(s.cell) && s.T < kTransposeMinSteps && have_one_thread_blas();
+}
+
+bool pack_step_weights(const RnnSizes& s) {
+  return s.T >= kTransposeMinSteps && avx2::small_gemm_packed() && !avx512::supported();
 }
 
 namespace {

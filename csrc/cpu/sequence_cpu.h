@@ -81,6 +81,10 @@ std::unique_ptr<CellLoops<T>> make_gated_loops(const RnnSizes& s,
 // copies than on the products.
 inline constexpr int64_t kTransposeMinSteps = 8;
 
+// True where the float32 time loops multiply by W_hh packed in panels once per layer
+// (small_gemm.h's packed kernel: AVX2 CPUs without AVX-512), from kTransposeMinSteps steps.
+bool pack_step_weights(const RnnSizes& s);
+
 // Below this many steps the gated cells multiply by the weights where they are
 // (BLAS with B transposed) instead of first copying the transposes their
 // step GEMMs read: a cell (T = 1) would spend more on the copies than on the products.

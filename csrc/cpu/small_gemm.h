@@ -18,7 +18,7 @@ inline constexpr int64_t kSmallGemmMaxRows = 8;
 // that the kernel streams B instead of striding through it. Bitwise the same results.
 // Streaming its panels from L1/L2, the 4 x 24 tile runs at 75-80 GFLOP/s per core on the
 // project's AVX2 machine (Zen 3, ~90 peak) for any number of rows, against MKL's 50-58 on
-// the same per-step shapes: the gated cells' per-step products use it at every batch size.
+// the same per-step shapes: every cell's per-step products use it (pack_step_weights).
 using SmallGemmPacked = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                                  const float* Bp, float* C, int64_t ldc, bool accumulate);
 

@@ -69,7 +69,6 @@ void rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int
   for (; n + 24 <= N; n += 24) tile<R, 3>(K, A, lda, B + n, ldb, C + n, ldc, accumulate);
   for (; n + 8 <= N; n += 8) tile<R, 1>(K, A, lda, B + n, ldb, C + n, ldc, accumulate);
   if (n < N)
-    #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
       tail_columns(N - n, K, A + r * lda, B + n, ldb, C + r * ldc + n, accumulate);
 }
@@ -108,7 +107,6 @@ void panel_rows(int64_t width, int64_t K, const float* A, int64_t lda, const flo
   }
   float part[R][P];
   tile<R, 3>(K, A, lda, panel, P, &part[0][0], P, false);
-  #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
     for (int64_t j = 0; j < width; ++j) {
       float* c = C + r * ldc + j;
