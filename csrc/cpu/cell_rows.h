@@ -14,49 +14,50 @@
 namespace rnnfast::cpu {
 
 // Every row works on n hidden units, which may be a slice [u0, u0 + n) of the layer's H
-// (a thread's share of a step): the pointers then point at unit u0, and gate k of unit j
-// is at k * H + j in gates, biases and gate gradients, at k * ldr + j in rec (the step
-// product, which a thread computes for its slice only). Whole rows: n = ldr = H.
+// (a thread's share of a step): the pointers then point at unit u0. Gate k of unit j is
+// at k * H + j in the saved gates and gate gradients; the forward rows read their inputs
+// (the x-projection gx, the step product rec and the biases) at k * ld + j, which is
+// k * H + j for whole rows and k * n + j for a thread's slice in its own buffers.
 
-// LSTM forward of one row: gates (in: x-projection, out: i,f,g,o), rec (h_prev
-// W_hh^T), c_prev -> c, m.
+// LSTM forward of one row: gx (x-projection) + rec (h_prev W_hh^T) + b_ih + b_hh ->
+// gates (out: i,f,g,o, gate stride ldg; may be gx itself when ldg == ld), c_prev -> c, m.
 template <typename U, typename T>
-void lstm_forward_row(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr, const T* b_ih,
-                      const T* b_hh, const T* c_prev, T* c, T* m) {
+void lstm_forward_row(int64_t n, const T* gx, const T* rec, int64_t ld, const T* b_ih,
+                      const T* b_hh, const T* c_prev, T* gates, int64_t ldg, T* c, T* m) {
   U::for_units(n, [&](auto L, int64_t j) {
     using Ops = decltype(L);
     using V = typename Ops::V;
     V g[4];
     for (int k = 0; k < 4; ++k) {
-      const int64_t idx = k * H + j;
-      g[k] = L.load(gates + idx) + L.load(rec + k * ldr + j) +
-             (L.load(b_ih + idx) + L.load(b_hh + idx));
+      const int64_t idx = k * ld + j;
+      g[k] = L.load(gx + idx) + L.load(rec + idx) + (L.load(b_ih + idx) + L.load(b_hh + idx));
     }
     V cv, mv;
     Lstm::forward<V, Ops>(g[0], g[1], g[2], g[3], L.load(c_prev + j), cv, mv);
-    for (int k = 0; k < 4; ++k) L.store(g[k], gates + k * H + j);
+    for (int k = 0; k < 4; ++k) L.store(g[k], gates + k * ldg + j);
     L.store(cv, c + j);
     L.store(mv, m + j);
   });
 }
 
-// GRU forward of one row: gates (in: x-projection, out: r,z,n), rec, h_prev -> hn, h.
+// GRU forward of one row: gx, rec, biases (as above), h_prev -> gates (r,z,n, stride
+// ldg), hn, h.
 template <typename U, typename T>
-void gru_forward_row(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr, const T* b_ih,
-                     const T* b_hh, const T* h_prev, T* hn, T* h) {
+void gru_forward_row(int64_t n, const T* gx, const T* rec, int64_t ld, const T* b_ih,
+                     const T* b_hh, const T* h_prev, T* gates, int64_t ldg, T* hn, T* h) {
   U::for_units(n, [&](auto L, int64_t j) {
     using Ops = decltype(L);
     using V = typename Ops::V;
-    V r = L.load(gates + j) + L.load(b_ih + j) + (L.load(rec + j) + L.load(b_hh + j));
-    V z = L.load(gates + H + j) + L.load(b_ih + H + j) +
-          (L.load(rec + ldr + j) + L.load(b_hh + H + j));
-    V nv = L.load(gates + 2 * H + j) + L.load(b_ih + 2 * H + j);
-    const V hnv = L.load(rec + 2 * ldr + j) + L.load(b_hh + 2 * H + j);
+    V r = L.load(gx + j) + L.load(b_ih + j) + (L.load(rec + j) + L.load(b_hh + j));
+    V z = L.load(gx + ld + j) + L.load(b_ih + ld + j) +
+          (L.load(rec + ld + j) + L.load(b_hh + ld + j));
+    V nv = L.load(gx + 2 * ld + j) + L.load(b_ih + 2 * ld + j);
+    const V hnv = L.load(rec + 2 * ld + j) + L.load(b_hh + 2 * ld + j);
     V hv;
     Gru::forward<V, Ops>(r, z, nv, hnv, L.load(h_prev + j), hv);
     L.store(r, gates + j);
-    L.store(z, gates + H + j);
-    L.store(nv, gates + 2 * H + j);
+    L.store(z, gates + ldg + j);
+    L.store(nv, gates + 2 * ldg + j);
     L.store(hnv, hn + j);
     L.store(hv, h + j);
   });

@@ -18,6 +18,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/irange.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 
@@ -160,12 +161,17 @@ struct GatedWeights {
   const T* w_hr = nullptr;  // (P, H) or null
   std::vector<T> w_hh_t;    // (P, G*H), unless in place or in panels
   std::vector<T> w_hr_t;    // (H, P), unless in place
-  std::vector<T> b_ih, b_hh;  // (G*H), zeros without biases
+  // Forward: the biases of this thread's units [u0, u1), gate-major (G*U, gate k of unit
+  // j at k * U + j, U = u1 - u0), zeros without biases.
+  std::vector<T> b_ih, b_hh;
   bool in_place = false;    // the forward reads w_hh / w_hr transposed, where they are
   // With packed_steps: this thread's B operand of the per-step product in panels.
-  // Forward: the G gate columns of its units [u0, u1) of W_hh^T (P x G*U, gate-major,
-  // U = u1 - u0); backward: its columns of W_hh (G*H x U, or all P with proj_size).
+  // Forward: the G gate columns of its units of W_hh^T (P x G*U, gate-major); backward:
+  // its columns of W_hh (G*H x U, or all P with proj_size).
   std::vector<T> panels;
+  // With packed_steps, forward: the same columns of W_ih^T (I_l x G*U), for the input
+  // projection of a block of steps at a time.
+  std::vector<T> ih_panels;
 
   const T* rec_panels() const { return panels.empty() ? nullptr : panels.data(); }
 
@@ -185,29 +191,38 @@ template <typename T>
 GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Tensor>& weights,
                                      int64_t layer, int64_t d, bool forward, int64_t u0,
                                      int64_t u1) {
-  const int64_t GH = s.G * s.H, H = s.H, P = s.P;
+  const int64_t GH = s.G * s.H, H = s.H, P = s.P, U = u1 - u0;
+  // Column j of the slice's G*U gate-major columns is row (j / U) * H + u0 + j % U of
+  // the weights (and element of the biases).
+  auto unit_row = [&](int64_t j) { return (j / U) * H + u0 + j % U; };
   GatedWeights<T> w;
   w.w_ih = weights[s.weight_index(layer, d, 0)].const_data_ptr<T>();
   w.w_hh = weights[s.weight_index(layer, d, 1)].const_data_ptr<T>();
-  w.b_ih.assign(GH, T(0));
-  w.b_hh.assign(GH, T(0));
-  if (s.has_biases) {
-    const T* bi = weights[s.weight_index(layer, d, 2)].const_data_ptr<T>();
-    const T* bh = weights[s.weight_index(layer, d, 3)].const_data_ptr<T>();
-    w.b_ih.assign(bi, bi + GH);
-    w.b_hh.assign(bh, bh + GH);
+  if (forward) {
+    w.b_ih.assign(s.G * U, T(0));
+    w.b_hh.assign(s.G * U, T(0));
+    if (s.has_biases) {
+      const T* bi = weights[s.weight_index(layer, d, 2)].const_data_ptr<T>();
+      const T* bh = weights[s.weight_index(layer, d, 3)].const_data_ptr<T>();
+      for (const auto j : c10::irange(s.G * U)) {
+        w.b_ih[j] = bi[unit_row(j)];
+        w.b_hh[j] = bh[unit_row(j)];
+      }
+    }
   }
   if (s.has_proj) w.w_hr = weights[s.w_hr_index(layer, d)].const_data_ptr<T>();
   w.in_place = weights_in_place(s);
   const bool panels = packed_steps<T>(s);
   if constexpr (std::is_same_v<T, float>) {
     if (panels) {
-      const int64_t U = u1 - u0;
-      if (forward) {  // column g * U + j of the slice is row g * H + u0 + j of W_hh
+      if (forward) {
         w.panels.resize(small_gemm_packed_size(P, s.G * U));
-        pack_panels_of_rows(P, s.G * U, [&](int64_t j) {
-          return w.w_hh + ((j / U) * H + u0 + j % U) * P;
-        }, w.panels.data());
+        pack_panels_of_rows(P, s.G * U, [&](int64_t j) { return w.w_hh + unit_row(j) * P; },
+                            w.panels.data());
+        const int64_t I_l = s.layer_input_size(layer);
+        w.ih_panels.resize(small_gemm_packed_size(I_l, s.G * U));
+        pack_panels_of_rows(I_l, s.G * U, [&](int64_t j) { return w.w_ih + unit_row(j) * I_l; },
+                            w.ih_panels.data());
       } else {
         const auto [q0, Q] = h_columns(s, u0, u1);
         w.panels.resize(small_gemm_packed_size(GH, Q));
@@ -232,37 +247,66 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
 // Forward
 // ---------------------------------------------------------------------------
 
+// The input projection of the loops that project it themselves (packed_steps), a block
+// of steps at a time: each thread computes its units' G*U columns of X W_ih^T for the
+// block's rows into scratch that stays in L2 while the block's steps read it, instead of
+// one GEMM over the whole sequence whose output the steps would read back from memory.
+// A block holds about this many bytes of the whole layer's G*H columns.
+inline constexpr int64_t kProjectionBlockBytes = 128 * 1024;
+
+template <typename T>
+int64_t projection_block_steps(const RnnSizes& s) {
+  const int64_t step_bytes = s.N * s.G * s.H * int64_t(sizeof(T));
+  return std::clamp<int64_t>(kProjectionBlockBytes / step_bytes, 1, s.T);
+}
+
 // Per-call scratch of the forward time loops of one direction, sized once: (N, G*H)
-// for the step product (a team's threads each own G*U of its columns), (N, H) m with
-// proj_size.
+// for the step product (a team's threads each own G*U of its columns); with the blocked
+// input projection (block steps * N, G*H) for it, the same columns per thread; (N, H) m
+// with proj_size.
 template <typename T>
 struct ForwardScratch {
-  std::vector<T> rec, m;
-  explicit ForwardScratch(const RnnSizes& s)
-      : rec(s.N * s.G * s.H), m(s.has_proj ? s.N * s.H : 0) {}
+  std::vector<T> rec, gx, m;
+  ForwardScratch(const RnnSizes& s, bool projects_input)
+      : rec(s.N * s.G * s.H),
+        gx(projects_input ? projection_block_steps<T>(s) * s.N * s.G * s.H : 0),
+        m(s.has_proj ? s.N * s.H : 0) {}
 };
 
 // One direction of one layer, for the thread owning hidden units [u0, u1) of a team of
-// `team` threads (one thread: [0, H)). Y: the layer's output (rows, D*P); gates (rows,
-// D*G*H) holds the input projection and becomes the gates; aux (rows, D*H) receives c
+// `team` threads (one thread: [0, H)). X: the layer's input (rows, I_l); Y: its output
+// (rows, D*P); gates (rows, D*G*H) holds the input projection, unless the loops project
+// it (w.ih_panels), and receives the gates (null: not saved); aux (rows, D*H) receives c
 // (LSTM) or hn (GRU). h0/c0/h_n/c_n: this layer-direction's (N, P) / (N, H) blocks.
-// Per step the thread computes its G*U columns of h_prev W_hh^T, the cell pointwise of
-// its units, and meets the team at a barrier before the next step reads h.
+// Per step the thread computes its G*U columns of h_prev W_hh^T (and of the block's
+// x-projection when a block starts), the cell pointwise of its units, and meets the team
+// at a barrier before the next step reads h.
 template <typename T>
 void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, int64_t u0,
-                       int64_t u1, int team, T* Y, T* gates, T* aux, const T* h0, const T* c0,
-                       T* h_n, T* c_n, ForwardScratch<T>& scratch) {
+                       int64_t u1, int team, const T* X, int64_t I_l, T* Y, T* gates, T* aux,
+                       const T* h0, const T* c0, T* h_n, T* c_n, ForwardScratch<T>& scratch) {
   const RowKernels<T>& rows = best_rows<T>();
   const int64_t H = s.H, P = s.P, GH = s.G * s.H, U = u1 - u0;
   const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
   T* Yd = Y + d * P;
-  T* Gd = gates + d * GH;
+  T* Gd = gates ? gates + d * GH : nullptr;
   T* Ad = aux + d * H;
   T* rec = scratch.rec.data() + s.G * u0;  // this thread's G*U columns, gate-major
   const bool lstm = s.cell == CellKind::Lstm;
+  const bool project = !w.ih_panels.empty();
+  const int64_t block = project ? projection_block_steps<T>(s) : 0;
+  int64_t block_row = 0;  // the first row of the block in scratch.gx
   const auto [q0, Q] = h_columns(s, u0, u1);  // of h and h_n
   const auto [B, ldb, trans_b] = w.rec_b(GH, P);
   for (int64_t i = 0; i < s.T; ++i) {
+    if (project && i % block == 0) {  // steps [i, i + block): times [t_lo, t_hi]
+      const int64_t i_end = std::min(s.T, i + block);
+      const int64_t t_lo = d == 0 ? i : s.T - i_end, t_hi = d == 0 ? i_end - 1 : s.T - 1 - i;
+      block_row = s.offsets[t_lo];
+      const int64_t block_rows = s.offsets[t_hi] + s.batch_sizes[t_hi] - block_row;
+      step_gemm<T>(block_rows, s.G * U, I_l, X + block_row * I_l, I_l, nullptr, 0, false,
+                   scratch.gx.data() + s.G * u0, GH, false, w.ih_panels.data());
+    }
     const StepPlan p = s.plan(d, i);
     // Rows b < split continue from the previous step's output rows, the others from h0.
     const T* prev = Yd + p.prev_offset * ldY;
@@ -272,16 +316,21 @@ void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, i
                  rec + p.split * GH, GH, false, w.rec_panels());
     for_rows(p.rows, s.G * U, [&](int64_t b) {
       const int64_t row = p.offset + b;
+      // The row's x-projection (gate stride U, as rec's) and where its gates go: the
+      // saved gates, or in place.
+      T* gx = project ? scratch.gx.data() + (row - block_row) * GH + s.G * u0
+                      : Gd + row * ldG;
+      T* g_out = Gd ? Gd + row * ldG + u0 : gx;
+      const int64_t ldg = Gd ? H : U;
       if (lstm) {
         const T* c_prev = state_before(p, b, Ad, ldA, c0, H);
         T* m = s.has_proj ? scratch.m.data() + b * H : Yd + row * ldY;
-        rows.lstm_forward(U, H, Gd + row * ldG + u0, rec + b * GH, U, w.b_ih.data() + u0,
-                          w.b_hh.data() + u0, c_prev + u0, Ad + row * ldA + u0, m + u0);
+        rows.lstm_forward(U, gx, rec + b * GH, U, w.b_ih.data(), w.b_hh.data(), c_prev + u0,
+                          g_out, ldg, Ad + row * ldA + u0, m + u0);
       } else {
         const T* h_prev = state_before(p, b, Yd, ldY, h0, P);
-        rows.gru_forward(U, H, Gd + row * ldG + u0, rec + b * GH, U, w.b_ih.data() + u0,
-                         w.b_hh.data() + u0, h_prev + u0, Ad + row * ldA + u0,
-                         Yd + row * ldY + u0);
+        rows.gru_forward(U, gx, rec + b * GH, U, w.b_ih.data(), w.b_hh.data(), h_prev + u0,
+                         g_out, ldg, Ad + row * ldA + u0, Yd + row * ldY + u0);
       }
     });
     if (s.has_proj) {  // one thread (no team with proj_size)
@@ -421,14 +470,17 @@ class GatedLoops final : public CellLoops<T> {
   GatedLoops(const RnnSizes& s, const std::vector<at::Tensor>& weights)
       : s_(s), weights_(weights) {}
 
+  bool projects_input() const override { return packed_steps<T>(s_); }
+
   void forward(const LayerBuffers<T>& b) override {
     // One scratch per direction: a bidirectional layer runs its directions on a thread each.
-    while (static_cast<int64_t>(fwd_.size()) < s_.D) fwd_.emplace_back(s_);
+    while (static_cast<int64_t>(fwd_.size()) < s_.D) fwd_.emplace_back(s_, projects_input());
     const int64_t NP = s_.N * s_.P, NH = s_.N * s_.H;
     const bool lstm = s_.cell == CellKind::Lstm;
     run_directions(s_, [&](int64_t d, int64_t u0, int64_t u1, int team) {
       const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, true, u0, u1);
-      forward_direction<T>(s_, d, w, u0, u1, team, b.Y, b.gates, b.aux, b.hx[0] + d * NP,
+      forward_direction<T>(s_, d, w, u0, u1, team, b.X, b.I_l, b.Y, b.gates, b.aux,
+                           b.hx[0] + d * NP,
                            lstm ? b.hx[1] + d * NH : nullptr, b.h_n[0] + d * NP,
                            lstm ? b.h_n[1] + d * NH : nullptr, fwd_[d]);
     }, split_units());

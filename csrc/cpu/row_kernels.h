@@ -8,10 +8,10 @@ namespace rnnfast::cpu {
 
 template <typename T>
 struct RowKernels {
-  void (*lstm_forward)(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr,
-                       const T* b_ih, const T* b_hh, const T* c_prev, T* c, T* m);
-  void (*gru_forward)(int64_t n, int64_t H, T* gates, const T* rec, int64_t ldr, const T* b_ih,
-                      const T* b_hh, const T* h_prev, T* hn, T* h);
+  void (*lstm_forward)(int64_t n, const T* gx, const T* rec, int64_t ld, const T* b_ih,
+                       const T* b_hh, const T* c_prev, T* gates, int64_t ldg, T* c, T* m);
+  void (*gru_forward)(int64_t n, const T* gx, const T* rec, int64_t ld, const T* b_ih,
+                      const T* b_hh, const T* h_prev, T* gates, int64_t ldg, T* hn, T* h);
   void (*lstm_backward)(int64_t n, int64_t H, const T* gates, const T* c, const T* c_prev,
                         const T* dm, const T* dc_in, T* dG, T* dc_prev, T* m);
   void (*gru_backward)(int64_t n, int64_t H, const T* gates, const T* hn, const T* h_prev,

@@ -45,10 +45,11 @@ void sequence_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vecto
   const bool elman = is_elman(s.cell);
   const auto loops = make_cell_loops<T>(s, weights);
   // A gated cell's gates and c / hn: saved in the workspace with train, else scratch
-  // reused by every layer. The Elman cell computes in its output.
+  // reused by every layer (no gates where the loops project the input themselves). The
+  // Elman cell computes in its output.
   at::Tensor gates_scratch, aux_scratch;
   if (!elman && !s.train) {
-    gates_scratch = at::empty({s.rows, s.D * GH}, x2d.options());
+    if (!loops->projects_input()) gates_scratch = at::empty({s.rows, s.D * GH}, x2d.options());
     aux_scratch = at::empty({s.rows, s.D * s.H}, x2d.options());
   }
   for (const auto layer : c10::irange(s.NL)) {
@@ -57,16 +58,20 @@ void sequence_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vecto
     const int64_t I_l = s.layer_input_size(layer);
     LayerBuffers<T> b;
     b.layer = layer;
+    b.X = X.const_data_ptr<T>();
+    b.I_l = I_l;
     b.Y = Y.mutable_data_ptr<T>();
     if (elman) {
       b.gates = b.Y;
     } else {
-      b.gates = (s.train ? workspace[1][layer] : gates_scratch).mutable_data_ptr<T>();
+      const at::Tensor& gates = s.train ? workspace[1][layer] : gates_scratch;
+      b.gates = gates.defined() ? gates.mutable_data_ptr<T>() : nullptr;
       b.aux = (s.train ? workspace[2][layer] : aux_scratch).mutable_data_ptr<T>();
     }
     state_blocks(s, layer, hx, b.hx, [](const at::Tensor& t) { return t.const_data_ptr<T>(); });
     state_blocks(s, layer, h_n, b.h_n, [](const at::Tensor& t) { return t.mutable_data_ptr<T>(); });
-    for (const auto d : c10::irange(s.D)) {
+    const int64_t D_projected = loops->projects_input() ? 0 : s.D;  // here, not in the loops
+    for (const auto d : c10::irange(D_projected)) {
       const T* w_ih = weights[s.weight_index(layer, d, 0)].const_data_ptr<T>();
       if (weights_in_place(s))
         gemm_sized<T>(false, true, s.rows, GH, I_l, T(1), X.const_data_ptr<T>(), I_l, w_ih, I_l,

@@ -6,7 +6,8 @@
 // buffer. The driver owns what is the same for every cell:
 //   - the layer loop and the dropout masks between layers;
 //   - the buffers the time loops write (layer outputs, saved gates and c / hn);
-//   - the input projection  Gates = X W_ih^T, one GEMM per layer-direction;
+//   - the input projection  Gates = X W_ih^T, one GEMM per layer-direction (unless the
+//     loops project it themselves, a block of steps at a time: the gated cells on AVX2);
 //   - after the backward time loops, the weight, bias and input gradients
 //     dW_ih = dG_W^T X, dW_hh = dG_R^T H_prev, [dW_hr = dH^T M], db, dX = dG_W W_ih,
 //     one GEMM / reduction each over all rows.
@@ -32,8 +33,13 @@ namespace rnnfast::cpu {
 template <typename T>
 struct LayerBuffers {
   int64_t layer = 0;
+  const T* X = nullptr;    // (rows, I_l) the layer's input
+  int64_t I_l = 0;
   T* Y = nullptr;          // (rows, D*P) the layer's output
-  T* gates = nullptr;      // (rows, D*G*H): X W_ih^T (no bias) on entry; the Elman cell's is Y
+  // (rows, D*G*H): X W_ih^T (no bias) on entry, unless the loops project the input
+  // themselves; the saved gates on exit. The Elman cell's is Y. Null where the loops
+  // project the input and nothing is saved (inference).
+  T* gates = nullptr;
   T* aux = nullptr;        // (rows, D*H): LSTM's c or GRU's hn; null for Elman
   const T* hx[2] = {};     // this layer's blocks of h0 (D, N, P) [and c0 (D, N, H)]
   T* h_n[2] = {};          // forward: of h_n [and c_n]
@@ -63,6 +69,9 @@ template <typename T>
 class CellLoops {
  public:
   virtual ~CellLoops() = default;
+  // True where forward computes the input projection X W_ih^T itself, a block of steps
+  // at a time (then b.gates holds nothing on entry).
+  virtual bool projects_input() const { return false; }
   virtual void forward(const LayerBuffers<T>& b) = 0;
   // Calls tail(d, grads) once direction d's gradients are complete.
   virtual void backward(const LayerBuffers<T>& b,
