@@ -1,0 +1,90 @@
+"""LSTM / GRU forward with the input projection computed a block of steps at a time.
+
+Where rnnfast runs its own float32 step products (AVX2 CPUs, T >= 8), the gated cells'
+time loops compute X W_ih^T themselves, for a block of steps (about 128 KiB of the
+layer's gates) just before those steps, and inference keeps no gates. Specification:
+  * output, h_n (c_n) and every gradient equal float64 torch.nn's within float32
+    tolerance when a sequence spans several blocks and the last is partial: both
+    directions (the reverse direction's blocks run from the end), dense and packed
+    input (a block's rows are those of its steps), one and two layers, 1 and 2 threads;
+  * inference (no_grad) gives the training forward's output bitwise;
+  * a large step (G*H = 2080 rows of the carried-gradient product, beyond L2 with 48
+    batch rows) matches too: the per-step kernel then walks B by chunks first.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from cells import grad_names, make_pair, random_hx, random_input, result_names, run
+from helpers import poison_heap, seed_per_test  # noqa: F401  (autouse fixture)
+
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+# (cell, T, N, I, H, layers, bidirectional): N*G*H*4 bytes of 48-64 KiB per step gives
+# blocks of 2 steps (T odd: the last block is one step); the last case is the large step.
+CASES = [
+    ("lstm", 9, 16, 24, 256, 1, True),
+    ("gru", 9, 20, 24, 256, 2, True),
+    ("lstm", 11, 16, 24, 200, 2, False),
+    ("lstm", 8, 48, 8, 520, 1, False),
+]
+IDS = [f"{c}-T{T}-N{N}-H{H}-L{L}-{'bi' if bi else 'uni'}" for c, T, N, _, H, L, bi in CASES]
+
+
+@pytest.fixture(autouse=True)
+def _restore_num_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _inputs(module, T, N, packed):
+    x = random_input(module, T, N, dtype=torch.float64)
+    hx = random_hx(module, N, dtype=torch.float64)
+    if packed:
+        lengths = torch.randint(1, T + 1, (N,))
+        lengths[0] = T
+        x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    return x, hx
+
+
+def _float(x):
+    if isinstance(x, torch.nn.utils.rnn.PackedSequence):
+        return x._replace(data=x.data.detach().float().requires_grad_())
+    if isinstance(x, tuple):
+        return tuple(_float(t) for t in x)
+    return x.detach().float().requires_grad_()
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_blocked_projection_matches_float64_torch(case, packed):
+    cell, T, N, I, H, layers, bidirectional = case
+    ref, new = make_pair(cell, I, H, layers, bidirectional=bidirectional, dtype=torch.float64)
+    new = new.float()
+    x, hx = _inputs(ref, T, N, packed)
+    expected = run(ref, x, hx)
+    names = result_names(new) + grad_names(new, hx)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        poison_heap()
+        results, grads = run(new, _float(x), _float(hx))
+        for a, e, what in zip(results + grads, expected[0] + expected[1], names, strict=True):
+            torch.testing.assert_close(a.double(), e, **TOL,
+                                       msg=lambda m: f"{what} at {threads} threads: {m}")
+
+
+@pytest.mark.parametrize("case", CASES[:2], ids=IDS[:2])
+def test_inference_equals_the_training_forward(case):
+    cell, T, N, I, H, layers, bidirectional = case
+    _, new = make_pair(cell, I, H, layers, bidirectional=bidirectional, dtype=torch.float32)
+    x = random_input(new, T, N, dtype=torch.float32)
+    trained = new(x)
+    with torch.no_grad():
+        inferred = new(x)
+    for a, e in zip(torch.utils._pytree.tree_leaves(inferred),
+                    torch.utils._pytree.tree_leaves(trained), strict=True):
+        assert torch.equal(a, e.detach())
