@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnfast
 from helpers import TOL, poison_heap, randn
@@ -81,6 +81,15 @@ def random_input(module, L, N, dtype=torch.float64, device="cpu", requires_grad=
     else:
         shape = (L, N, module.input_size)
     return randn(*shape, dtype=dtype, device=device).requires_grad_(requires_grad)
+
+
+def pack_random_lengths(x):
+    """x (T, N, I) as a PackedSequence of random lengths in [1, T], the first T long,
+    unsorted (rows leave the steps mid-sequence)."""
+    T, N = x.shape[:2]
+    lengths = torch.randint(1, T + 1, (N,))
+    lengths[0] = T
+    return pack_padded_sequence(x, lengths, enforce_sorted=False)
 
 
 def random_hx(module, N, dtype=torch.float64, device="cpu", requires_grad=True):

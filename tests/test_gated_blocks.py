@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from cells import grad_names, make_pair, random_hx, random_input, result_names, run
+from cells import (grad_names, make_pair, pack_random_lengths, random_hx, random_input,
+                   result_names, run)
 from helpers import poison_heap, seed_per_test  # noqa: F401  (autouse fixture)
 
 TOL = dict(atol=2e-5, rtol=2e-5)
@@ -45,9 +45,7 @@ def _inputs(module, T, N, packed):
     x = random_input(module, T, N, dtype=torch.float64)
     hx = random_hx(module, N, dtype=torch.float64)
     if packed:
-        lengths = torch.randint(1, T + 1, (N,))
-        lengths[0] = T
-        x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        x = pack_random_lengths(x)
     return x, hx
 
 

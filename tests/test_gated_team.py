@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
-from cells import make_pair, random_hx, random_input, run, result_names, grad_names
+from cells import (grad_names, make_pair, pack_random_lengths, random_hx, random_input,
+                   result_names, run)
 from helpers import poison_heap, seed_per_test  # noqa: F401  (autouse fixture)
 
 # (cell, T, N, I, H): every step at or above the team's size at 2 and 3 threads.
@@ -47,9 +47,7 @@ def _inputs(new, T, N, packed, with_hx):
     x = random_input(new, T, N, dtype=torch.float32)
     hx = random_hx(new, N, dtype=torch.float32) if with_hx else None
     if packed:
-        lengths = torch.randint(1, T + 1, (N,))
-        lengths[0] = T
-        x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        x = pack_random_lengths(x)
     return x, hx
 
 

@@ -137,6 +137,14 @@ bool packed_steps(const RnnSizes& s) {
   return std::is_same_v<T, float> && pack_step_weights(s);
 }
 
+// With packed steps the forward also computes the input projection, a block of steps at a
+// time, on the threads that run the steps; not across a projection (proj_size), whose
+// layer runs its steps on one thread: MKL's projection over all rows uses every thread.
+template <typename T>
+bool blocked_projection(const RnnSizes& s) {
+  return packed_steps<T>(s) && !s.has_proj;
+}
+
 // Row b of step p starts from the previous step's row of `out` (row stride ld), or from
 // row b of init (row stride ld_init).
 template <typename T>
@@ -219,10 +227,13 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
         w.panels.resize(small_gemm_packed_size(P, s.G * U));
         pack_panels_of_rows(P, s.G * U, [&](int64_t j) { return w.w_hh + unit_row(j) * P; },
                             w.panels.data());
-        const int64_t I_l = s.layer_input_size(layer);
-        w.ih_panels.resize(small_gemm_packed_size(I_l, s.G * U));
-        pack_panels_of_rows(I_l, s.G * U, [&](int64_t j) { return w.w_ih + unit_row(j) * I_l; },
-                            w.ih_panels.data());
+        if (blocked_projection<T>(s)) {
+          const int64_t I_l = s.layer_input_size(layer);
+          w.ih_panels.resize(small_gemm_packed_size(I_l, s.G * U));
+          pack_panels_of_rows(I_l, s.G * U,
+                              [&](int64_t j) { return w.w_ih + unit_row(j) * I_l; },
+                              w.ih_panels.data());
+        }
       } else {
         const auto [q0, Q] = h_columns(s, u0, u1);
         w.panels.resize(small_gemm_packed_size(GH, Q));
@@ -470,7 +481,7 @@ class GatedLoops final : public CellLoops<T> {
   GatedLoops(const RnnSizes& s, const std::vector<at::Tensor>& weights)
       : s_(s), weights_(weights) {}
 
-  bool projects_input() const override { return packed_steps<T>(s_); }
+  bool projects_input() const override { return blocked_projection<T>(s_); }
 
   void forward(const LayerBuffers<T>& b) override {
     // One scratch per direction: a bidirectional layer runs its directions on a thread each.
