@@ -9,7 +9,10 @@ layer's gates) just before those steps, and inference keeps no gates. Specificat
     input (a block's rows are those of its steps), one and two layers, 1 and 2 threads;
   * inference (no_grad) gives the training forward's output bitwise;
   * a large step (G*H = 2080 rows of the carried-gradient product, beyond L2 with 48
-    batch rows) matches too: the per-step kernel then walks B by chunks first.
+    batch rows) matches too: the per-step kernel then walks B by chunks first;
+  * so do sequences whose whole-sequence GEMMs (the input projection of Elman and
+    projected LSTM layers, the weight gradients, dX = dG W_ih) are large (2^27
+    multiply-adds over 512 rows), at 1 and 2 threads.
 """
 
 from __future__ import annotations
@@ -86,3 +89,27 @@ def test_inference_equals_the_training_forward(case):
     for a, e in zip(torch.utils._pytree.tree_leaves(inferred),
                     torch.utils._pytree.tree_leaves(trained), strict=True):
         assert torch.equal(a, e.detach())
+
+
+# (cell, T, N, I, H, proj_size): 512 rows; 512 x 2048 x 128 (LSTM) and 512 x 512 x 512
+# (RNN, and the projected LSTM's projection) multiply-adds = 2^27.
+LARGE = [("lstm", 8, 64, 128, 512, 0), ("lstm", 8, 64, 128, 512, 256), ("rnn_tanh", 8, 64, 512, 512, 0)]
+
+
+@pytest.mark.parametrize("case", LARGE, ids=[f"{c}-I{I}-H{H}-P{P}" for c, _, _, I, H, P in LARGE])
+def test_large_sequence_gemms_match_float64_torch(case):
+    cell, T, N, I, H, proj = case
+    kwargs = {"proj_size": proj} if proj else {}
+    ref, new = make_pair(cell, I, H, dtype=torch.float64, **kwargs)
+    new = new.float()
+    x = random_input(ref, T, N, dtype=torch.float64)
+    hx = random_hx(ref, N, dtype=torch.float64)
+    expected = run(ref, x, hx)
+    names = result_names(new) + grad_names(new, hx)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        poison_heap()
+        results, grads = run(new, _float(x), _float(hx))
+        for a, e, what in zip(results + grads, expected[0] + expected[1], names, strict=True):
+            torch.testing.assert_close(a.double(), e, atol=5e-5, rtol=5e-5,
+                                       msg=lambda m: f"{what} at {threads} threads: {m}")
