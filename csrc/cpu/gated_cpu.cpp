@@ -177,8 +177,8 @@ struct GatedWeights {
   // Forward: the G gate columns of its units of W_hh^T (P x G*U, gate-major); backward:
   // its columns of W_hh (G*H x U, or all P with proj_size).
   std::vector<T> panels;
-  // With packed_steps, forward: the same columns of W_ih^T (I_l x G*U), for the input
-  // projection of a block of steps at a time.
+  // With blocked_projection, forward: the same columns of W_ih^T (I_l x G*U), for the
+  // input projection of a block of steps at a time.
   std::vector<T> ih_panels;
 
   const T* rec_panels() const { return panels.empty() ? nullptr : panels.data(); }
@@ -258,10 +258,10 @@ GatedWeights<T> gather_gated_weights(const RnnSizes& s, const std::vector<at::Te
 // Forward
 // ---------------------------------------------------------------------------
 
-// The input projection of the loops that project it themselves (packed_steps), a block
-// of steps at a time: each thread computes its units' G*U columns of X W_ih^T for the
-// block's rows into scratch that stays in L2 while the block's steps read it, instead of
-// one GEMM over the whole sequence whose output the steps would read back from memory.
+// The input projection of the loops that project it themselves (blocked_projection), a
+// block of steps at a time: each thread computes its units' G*U columns of X W_ih^T for
+// the block's rows into scratch that stays in L2 while the block's steps read it, instead
+// of one GEMM over the whole sequence whose output the steps would read back from memory.
 // A block holds about this many bytes of the whole layer's G*H columns.
 inline constexpr int64_t kProjectionBlockBytes = 128 * 1024;
 
