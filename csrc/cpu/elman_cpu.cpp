@@ -37,8 +37,8 @@ void bias_act_rows(Activation act, int64_t nrows, int64_t H, const T* bias, cons
   using Vec = Vectorized<T>;
   const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(H, 1));
   if constexpr (std::is_same_v<T, float>) {
-    // tanh through the SIMD rows of the gated cells (SLEEF's vector tanh: this file's
-    // at::vec is the generic build, whose tanh is scalar).
+    // tanh through the SIMD rows of the gated cells (SLEEF's on AVX-512, the rational
+    // one on AVX2: this file's at::vec is the generic build, whose tanh is scalar).
     if (act == Activation::Tanh) {
       const auto tanh_bias = best_rows<float>().tanh_bias;
       at::parallel_for(0, nrows, grain, [&](int64_t begin, int64_t end) {
