@@ -60,13 +60,9 @@ def _float(x):
     return x.detach().float().requires_grad_()
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
-def test_blocked_projection_matches_float64_torch(case, packed):
-    cell, T, N, I, H, layers, bidirectional = case
-    ref, new = make_pair(cell, I, H, layers, bidirectional=bidirectional, dtype=torch.float64)
-    new = new.float()
-    x, hx = _inputs(ref, T, N, packed)
+def _assert_float32_matches(ref, new, x, hx, tol):
+    """new (float32) on x, hx against ref (float64), results and every gradient, at 1 and
+    2 threads."""
     expected = run(ref, x, hx)
     names = result_names(new) + grad_names(new, hx)
     for threads in (1, 2):
@@ -74,8 +70,17 @@ def test_blocked_projection_matches_float64_torch(case, packed):
         poison_heap()
         results, grads = run(new, _float(x), _float(hx))
         for a, e, what in zip(results + grads, expected[0] + expected[1], names, strict=True):
-            torch.testing.assert_close(a.double(), e, **TOL,
+            torch.testing.assert_close(a.double(), e, **tol,
                                        msg=lambda m: f"{what} at {threads} threads: {m}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_blocked_projection_matches_float64_torch(case, packed):
+    cell, T, N, I, H, layers, bidirectional = case
+    ref, new = make_pair(cell, I, H, layers, bidirectional=bidirectional, dtype=torch.float64)
+    x, hx = _inputs(ref, T, N, packed)
+    _assert_float32_matches(ref, new.float(), x, hx, TOL)
 
 
 @pytest.mark.parametrize("case", CASES[:2], ids=IDS[:2])
@@ -93,7 +98,8 @@ def test_inference_equals_the_training_forward(case):
 
 # (cell, T, N, I, H, proj_size): 512 rows; 512 x 2048 x 128 (LSTM) and 512 x 512 x 512
 # (RNN, and the projected LSTM's projection) multiply-adds = 2^27.
-LARGE = [("lstm", 8, 64, 128, 512, 0), ("lstm", 8, 64, 128, 512, 256), ("rnn_tanh", 8, 64, 512, 512, 0)]
+LARGE = [("lstm", 8, 64, 128, 512, 0), ("lstm", 8, 64, 128, 512, 256),
+         ("rnn_tanh", 8, 64, 512, 512, 0)]
 
 
 @pytest.mark.parametrize("case", LARGE, ids=[f"{c}-I{I}-H{H}-P{P}" for c, _, _, I, H, P in LARGE])
@@ -101,15 +107,6 @@ def test_large_sequence_gemms_match_float64_torch(case):
     cell, T, N, I, H, proj = case
     kwargs = {"proj_size": proj} if proj else {}
     ref, new = make_pair(cell, I, H, dtype=torch.float64, **kwargs)
-    new = new.float()
     x = random_input(ref, T, N, dtype=torch.float64)
     hx = random_hx(ref, N, dtype=torch.float64)
-    expected = run(ref, x, hx)
-    names = result_names(new) + grad_names(new, hx)
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        poison_heap()
-        results, grads = run(new, _float(x), _float(hx))
-        for a, e, what in zip(results + grads, expected[0] + expected[1], names, strict=True):
-            torch.testing.assert_close(a.double(), e, atol=5e-5, rtol=5e-5,
-                                       msg=lambda m: f"{what} at {threads} threads: {m}")
+    _assert_float32_matches(ref, new.float(), x, hx, dict(atol=5e-5, rtol=5e-5))

@@ -285,7 +285,7 @@ struct ForwardScratch {
 };
 
 // One direction of one layer, for the thread owning hidden units [u0, u1) of a team of
-// `team` threads (one thread: [0, H)). X: the layer's input (rows, I_l); Y: its output
+// `team` threads (one thread: [0, H)). X: layer `layer`'s input (rows, I_l); Y: its output
 // (rows, D*P); gates (rows, D*G*H) holds the input projection, unless the loops project
 // it (w.ih_panels), and receives the gates (null: not saved); aux (rows, D*H) receives c
 // (LSTM) or hn (GRU). h0/c0/h_n/c_n: this layer-direction's (N, P) / (N, H) blocks.
@@ -294,10 +294,11 @@ struct ForwardScratch {
 // at a barrier before the next step reads h.
 template <typename T>
 void forward_direction(const RnnSizes& s, int64_t d, const GatedWeights<T>& w, int64_t u0,
-                       int64_t u1, int team, const T* X, int64_t I_l, T* Y, T* gates, T* aux,
+                       int64_t u1, int team, int64_t layer, const T* X, T* Y, T* gates, T* aux,
                        const T* h0, const T* c0, T* h_n, T* c_n, ForwardScratch<T>& scratch) {
   const RowKernels<T>& rows = best_rows<T>();
   const int64_t H = s.H, P = s.P, GH = s.G * s.H, U = u1 - u0;
+  const int64_t I_l = s.layer_input_size(layer);
   const int64_t ldY = s.D * P, ldG = s.D * GH, ldA = s.D * H;
   T* Yd = Y + d * P;
   T* Gd = gates ? gates + d * GH : nullptr;
@@ -490,7 +491,7 @@ class GatedLoops final : public CellLoops<T> {
     const bool lstm = s_.cell == CellKind::Lstm;
     run_directions(s_, [&](int64_t d, int64_t u0, int64_t u1, int team) {
       const GatedWeights<T> w = gather_gated_weights<T>(s_, weights_, b.layer, d, true, u0, u1);
-      forward_direction<T>(s_, d, w, u0, u1, team, b.X, b.I_l, b.Y, b.gates, b.aux,
+      forward_direction<T>(s_, d, w, u0, u1, team, b.layer, b.X, b.Y, b.gates, b.aux,
                            b.hx[0] + d * NP,
                            lstm ? b.hx[1] + d * NH : nullptr, b.h_n[0] + d * NP,
                            lstm ? b.h_n[1] + d * NH : nullptr, fwd_[d]);

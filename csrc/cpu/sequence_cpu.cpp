@@ -59,7 +59,6 @@ void sequence_forward(const RnnSizes& s, const at::Tensor& x2d, const std::vecto
     LayerBuffers<T> b;
     b.layer = layer;
     b.X = X.const_data_ptr<T>();
-    b.I_l = I_l;
     b.Y = Y.mutable_data_ptr<T>();
     if (elman) {
       b.gates = b.Y;

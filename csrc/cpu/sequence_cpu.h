@@ -33,8 +33,7 @@ namespace rnnfast::cpu {
 template <typename T>
 struct LayerBuffers {
   int64_t layer = 0;
-  const T* X = nullptr;    // (rows, I_l) the layer's input
-  int64_t I_l = 0;
+  const T* X = nullptr;    // (rows, s.layer_input_size(layer)) the layer's input
   T* Y = nullptr;          // (rows, D*P) the layer's output
   // (rows, D*G*H): X W_ih^T (no bias) on entry, unless the loops project the input
   // themselves; the saved gates on exit. The Elman cell's is Y. Null where the loops
