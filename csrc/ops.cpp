@@ -4,6 +4,7 @@
 // except the cell's autograd (autograd.cpp).
 #include <torch/library.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/irange.h>
 
 #include "rnn_args.h"
 #include "rnnfast.h"
@@ -16,6 +17,24 @@ std::atomic<int64_t>& persistent_launch_counter() {
 }
 
 int64_t persistent_launches() { return persistent_launch_counter().load(); }
+
+std::vector<at::Tensor> cell_step(const at::Tensor& input, at::TensorList hx,
+                                           at::TensorList weights, c10::string_view mode,
+                                           bool train) {
+  const char* op = "rnnfast.cell_step";
+  TORCH_CHECK(input.dim() == 2, op, ": input must be 2-D (N, H_in), got shape ", input.sizes());
+  std::vector<at::Tensor> hx_steps;
+  hx_steps.reserve(hx.size());
+  for (const auto i : c10::irange(hx.size())) {
+    TORCH_CHECK(hx[i].dim() == 2, op, ": hx[", i, "] must be 2-D (N, H), got shape ",
+                hx[i].sizes());
+    hx_steps.push_back(hx[i].unsqueeze(0));
+  }
+  auto h_n = std::get<1>(rnn_forward(input.unsqueeze(0), hx_steps, weights, std::nullopt,
+                                     std::nullopt, mode, weights.size() > 2, 1, 0, false, train));
+  for (auto& h : h_n) h = h.squeeze(0);
+  return h_n;
+}
 
 }  // namespace rnnfast
 
@@ -65,6 +84,15 @@ TORCH_LIBRARY(rnnfast, m) {
       "Tensor h, bool has_bias, str nonlinearity, bool[2] output_mask=[True, True]) -> "
       "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_bias)");
+  // One step of a cell of any mode on 2-D tensors: rnn_forward with L = 1, one layer,
+  // one direction (its checks, kernels and autograd: this op only makes the views,
+  // which cost a cell called once per step from Python more than its math at small sizes).
+  //   input (N, H_in), hx [h (N, H)] or [h, c], weights [w_ih, w_hh[, b_ih, b_hh]]
+  // Returns [h'] or [h', c'], each (N, H).
+  m.def(
+      "cell_step(Tensor input, Tensor[] hx, Tensor[] weights, str mode, bool train) "
+      "-> Tensor[]",
+      &rnnfast::cell_step);
   // How many persistent-kernel launches (CUDA, one per layer forward or backward)
   // this process has made: lets tests and benchmarks see which path ran.
   m.def("_persistent_launches() -> int", &rnnfast::persistent_launches);

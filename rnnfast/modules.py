@@ -23,7 +23,7 @@ from . import functional as F_rnn
 from . import onnx as rnnfast_onnx
 
 # The library is loaded by the package's __init__ before this module.
-_rnn_forward = torch.ops.rnnfast.rnn_forward.default
+_cell_step_op = torch.ops.rnnfast.cell_step.default
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell"]
 
@@ -542,6 +542,14 @@ class RNNCell(nn.RNNCellBase):
         input, hx, w_ih, w_hh, b_ih, b_hh = F_rnn._autocast(
             input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         )
+        if not torch.compiler.is_compiling():
+            # The op checks the arguments itself (see _fast_cell_step); what it refuses
+            # takes the checked path below.
+            try:
+                ret = F_rnn._rnn_cell_cast(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+                return ret if is_batched else ret.squeeze(0)
+            except RuntimeError:
+                pass
         if not _cell_args_ok(input, hx, w_ih, w_hh, b_ih, b_hh):
             _check_cell_sizes(input, hx, w_ih, w_hh)
             _check_cell_tensors(input, hx, w_ih, w_hh, b_ih, b_hh)
@@ -564,18 +572,17 @@ def _cell_step(mode: str, input: Tensor, states: list[Tensor], w_ih, w_hh, b_ih,
     checked and cast (autocast) by the caller."""
     has_biases = b_ih is not None
     weights = [w_ih, w_hh, b_ih, b_hh] if has_biases else [w_ih, w_hh]
-    hx = [s.unsqueeze(0) for s in states]
     if F_rnn._in_functorch_transform():
         _, h_n = F_rnn._sequence(
-            mode, input.unsqueeze(0), hx, weights, batch_sizes=None, has_biases=has_biases,
-            num_layers=1, proj_size=0, dropout=0.0, train=False, bidirectional=False,
-            batch_first=False)
-    else:
-        # The op directly: a cell is called once per step, and _sequence's Python
-        # (autocast, dropout, layout) has nothing to do here.
-        _, h_n, _ = _rnn_forward(input.unsqueeze(0), hx, weights, None, None, mode, has_biases,
-                                 1, 0, False, F_rnn._keep_for_backward(input, hx, weights))
-    return [h.squeeze(0) for h in h_n]
+            mode, input.unsqueeze(0), [s.unsqueeze(0) for s in states], weights,
+            batch_sizes=None, has_biases=has_biases, num_layers=1, proj_size=0, dropout=0.0,
+            train=False, bidirectional=False, batch_first=False)
+        return [h.squeeze(0) for h in h_n]
+    # The op directly: a cell is called once per step, and _sequence's Python (autocast,
+    # dropout, layout) has nothing to do here; cell_step is rnn_forward on 2-D tensors,
+    # the views made in C++.
+    return _cell_step_op(input, states, weights, mode,
+                         F_rnn._keep_for_backward(input, states, weights))
 
 
 def _fast_cell_step(mode: str, input: Tensor, states: list[Tensor], w_ih, w_hh, b_ih, b_hh):

@@ -13,6 +13,9 @@ Specification:
     the modules (sequence and step cells) ask for exactly the gradients whose inputs
     require grad; a gradient penalty on the weights alone (double backward through a
     masked backward) equals torch.nn's.
+  * cell_step (one step of a one-layer cell on 2-D tensors, the step cells' op) equals
+    rnn_forward's h_n on the same step bitwise, with the same gradients; rejects input
+    or states that are not 2-D naming them; opcheck passes.
   * float64 gradcheck and gradgradcheck pass through rnnfast.LSTM (with and without
     projections) and rnnfast.GRU: dense, bidirectional and packed.
   * torch.compile(fullgraph=True) of rnnfast.LSTM / GRU: one graph holding
@@ -322,6 +325,56 @@ def test_opcheck_rnn_backward(cell, sample, grads):
     x, hx, weights = leaves[0], leaves[1:1 + len(hx)], leaves[1 + len(hx):]
     _opcheck(ops._rnn_backward.default,
              (go, gh, x, hx, weights, batch_sizes, masks, out, ws, *attrs))
+
+
+@pytest.mark.parametrize("cell", GATED_STEP)
+def test_cell_step_is_one_step_of_rnn_forward(cell):
+    mode = "LSTM" if is_lstm(cell) else "GRU"
+    N, I, H = 3, 5, 6
+    _, module = make_pair(cell, I, H, dtype=torch.float32)
+    weights = [p.detach().requires_grad_() for p in module.parameters()]
+    x = randn(N, I, dtype=torch.float32).requires_grad_()
+    hx = [h.detach().requires_grad_() for h in states(random_cell_hx(module, N,
+                                                                    dtype=torch.float32))]
+    got = ops.cell_step(x, hx, weights, mode, True)
+    _, h_n, _ = ops.rnn_forward(x.unsqueeze(0), [h.unsqueeze(0) for h in hx], weights, None,
+                                None, mode, True, 1, 0, False, True)
+    assert [g.shape for g in got] == [(N, H)] * len(hx)
+    for g, e in zip(got, h_n, strict=True):
+        assert torch.equal(g, e.squeeze(0))
+    cotangents = [randn(N, H, dtype=torch.float32) for _ in got]
+    wrt = [x, *hx, *weights]
+    for a, e in zip(torch.autograd.grad(got, wrt, cotangents),
+                    torch.autograd.grad([h.squeeze(0) for h in h_n], wrt, cotangents),
+                    strict=True):
+        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("bad,pattern", [
+    ("input", r"rnnfast.cell_step: input must be 2-D \(N, H_in\), got shape \[1, 3, 5\]"),
+    ("hx", r"rnnfast.cell_step: hx\[1\] must be 2-D \(N, H\), got shape \[6\]"),
+])
+def test_cell_step_rejects_arguments_that_are_not_2d(bad, pattern):
+    _, module = make_pair("lstm_cell", 5, 6, dtype=torch.float32)
+    x, h, c = randn(3, 5, dtype=torch.float32), randn(3, 6, dtype=torch.float32), \
+        randn(3, 6, dtype=torch.float32)
+    if bad == "input":
+        x = x.unsqueeze(0)
+    else:
+        c = c[0]
+    with pytest.raises(RuntimeError, match=pattern):
+        ops.cell_step(x, [h, c], list(module.parameters()), "LSTM", False)
+
+
+@pytest.mark.parametrize("cell", GATED_STEP)
+def test_opcheck_cell_step(cell):
+    mode = "LSTM" if is_lstm(cell) else "GRU"
+    _, module = make_pair(cell, 5, 6, dtype=torch.float32)
+    weights = [p.detach().requires_grad_() for p in module.parameters()]
+    hx = [h.detach().requires_grad_() for h in states(random_cell_hx(module, 3,
+                                                                    dtype=torch.float32))]
+    _opcheck(ops.cell_step.default,
+             (randn(3, 5, dtype=torch.float32).requires_grad_(), hx, weights, mode, True))
 
 
 def test_opcheck_rnn_backward_with_output_mask():

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "small_gemm.h"
+
 extern "C" {
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
@@ -84,7 +86,9 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
 }
 
 // gemm() on one MKL thread, whatever torch's thread count: for small products, whose
-// results must not depend on the thread count. Only when MKL is there.
+// results must not depend on the thread count. Only when MKL is there. float32 products
+// of a few rows with B stored transposed (a weight read in place) run on the AVX2 small
+// kernel instead, where the CPU has one (small_gemm.h).
 inline bool have_one_thread_blas() {
   return have_fast_blas() && MKL_Set_Num_Threads_Local != nullptr;
 }
@@ -93,6 +97,14 @@ template <typename T>
 void gemm_one_thread(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                      const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
                      int64_t ldc) {
+  if constexpr (std::is_same_v<T, float>) {
+    static const SmallGemmBt small_bt = avx2::small_gemm_bt();
+    if (small_bt && !trans_a && trans_b && M <= kSmallGemmMaxRows && alpha == 1.f &&
+        (beta == 0.f || beta == 1.f)) {
+      small_bt(M, N, K, A, lda, B, ldb, C, ldc, beta == 1.f);
+      return;
+    }
+  }
   const int previous = MKL_Set_Num_Threads_Local(1);
   gemm<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   MKL_Set_Num_Threads_Local(previous);

@@ -13,6 +13,13 @@ using SmallGemm = void (*)(int64_t M, int64_t N, int64_t K, const float* A, int6
 // Steps of at most this many rows use the small GEMM (B unpacked) where the CPU has one.
 inline constexpr int64_t kSmallGemmMaxRows = 8;
 
+// C (M x N, ldc) = A (M x K, lda) B^T with B stored N x K (row stride ldb), or C += A B^T
+// with accumulate: W^T read from W where it is, as dot products of rows (the few-row
+// products of a cell or of a short sequence, whose weights are not packed; a BLAS call
+// there is mostly dispatch: MKL's sgemv took 2 us for a 256 x 64 matrix). One thread;
+// each element's sum is the same whatever M, N or the thread count.
+using SmallGemmBt = SmallGemm;
+
 // The same product with B packed once per layer (pack_panels): column panels of
 // kSmallGemmPanel columns, each K x kSmallGemmPanel contiguous (the last zero-padded), so
 // that the kernel streams B instead of striding through it. Bitwise the same results.
@@ -64,6 +71,7 @@ namespace avx2 {
 // Null where the CPU lacks AVX2 + FMA.
 SmallGemm small_gemm();
 SmallGemmPacked small_gemm_packed();
+SmallGemmBt small_gemm_bt();
 }  // namespace avx2
 
 }  // namespace rnnfast::cpu

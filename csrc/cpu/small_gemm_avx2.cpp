@@ -215,6 +215,71 @@ void small_gemm_packed_avx2(int64_t M, int64_t N, int64_t K, const float* A, int
   }
 }
 
+// Dot products of R rows of A with NB rows of B (R * NB <= 8 accumulators), 8 k at a
+// time, the last K % 8 through a masked load; then each accumulator's 8 lanes are summed
+// (the same pairwise order for every element).
+template <int R, int NB>
+inline void dot_tile(int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+                     float* C, int64_t ldc, bool accumulate) {
+  __m256 acc[R][4];
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 16
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_setzero_ps();
+  auto step = [&](int64_t k, auto load) {
+    __m256 b[NB];
+    #pragma GCC unroll 16
+    for (int j = 0; j < NB; ++j) b[j] = load(B + j * ldb + k);
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m256 a = load(A + r * lda + k);
+      #pragma GCC unroll 16
+      for (int j = 0; j < NB; ++j) acc[r][j] = _mm256_fmadd_ps(a, b[j], acc[r][j]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) step(k, [](const float* p) { return _mm256_loadu_ps(p); });
+  if (k < K) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(K - k)), lanes);
+    step(k, [&](const float* p) { return _mm256_maskload_ps(p, mask); });
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    // [s0 s1 s2 s3]: the four accumulators' lane sums.
+    const __m256 s01 = _mm256_hadd_ps(acc[r][0], acc[r][1]);
+    const __m256 s23 = _mm256_hadd_ps(acc[r][2], acc[r][3]);
+    const __m256 s = _mm256_hadd_ps(s01, s23);
+    const __m128 sums = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    float out[4];
+    _mm_storeu_ps(out, sums);
+    float* c = C + r * ldc;
+    for (int j = 0; j < NB; ++j) c[j] = accumulate ? c[j] + out[j] : out[j];
+  }
+}
+
+template <int R>
+void dot_rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* B, int64_t ldb,
+              float* C, int64_t ldc, bool accumulate) {
+  int64_t n = 0;
+  for (; n + 4 <= N; n += 4) dot_tile<R, 4>(K, A, lda, B + n * ldb, ldb, C + n, ldc, accumulate);
+  switch (N - n) {
+    case 3: dot_tile<R, 3>(K, A, lda, B + n * ldb, ldb, C + n, ldc, accumulate); break;
+    case 2: dot_tile<R, 2>(K, A, lda, B + n * ldb, ldb, C + n, ldc, accumulate); break;
+    case 1: dot_tile<R, 1>(K, A, lda, B + n * ldb, ldb, C + n, ldc, accumulate); break;
+    default: break;
+  }
+}
+
+// Two rows of A at a time (each load of B serves both), then the last one.
+void small_gemm_bt_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                        const float* B, int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+  int64_t m = 0;
+  for (; m + 2 <= M; m += 2)
+    dot_rows<2>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, accumulate);
+  if (m < M) dot_rows<1>(N, K, A + m * lda, lda, B, ldb, C + m * ldc, ldc, accumulate);
+}
+
 }  // namespace
 }  // namespace rnnfast::cpu::avx2
 
@@ -231,5 +296,6 @@ bool have_avx2_fma() {
 
 SmallGemm small_gemm() { return have_avx2_fma() ? &small_gemm_avx2 : nullptr; }
 SmallGemmPacked small_gemm_packed() { return have_avx2_fma() ? &small_gemm_packed_avx2 : nullptr; }
+SmallGemmBt small_gemm_bt() { return have_avx2_fma() ? &small_gemm_bt_avx2 : nullptr; }
 
 }  // namespace rnnfast::cpu::avx2

@@ -1,0 +1,64 @@
+"""Few-row products that read the weights where they are.
+
+A step cell, or a sequence of fewer than 8 steps, does not pack its weights: its products
+x W_ih^T and h W_hh^T (and h W_hr^T with proj_size) read W in place. In float32 on AVX2
+CPUs those of at most 8 rows run as dot products of rows on rnnfast's own kernel
+(small_gemm.h), 8 k at a time, the last K % 8 through a masked load, four rows of W per
+tile. Specification:
+  * every cell's results and gradients equal float64 torch.nn's within float32 tolerance
+    for 1-8 rows, widths K that are not a multiple of 8 (and below 8), output widths
+    that are not a multiple of 4, with and without biases;
+  * the same for sequences of 1-7 steps, where the input projection covers all T*N
+    rows (up to 8 of them on this kernel, more on BLAS), including proj_size;
+  * a step accumulates into what it adds to (h W_hh^T onto x W_ih^T): checked by the
+    results themselves; unwritten outputs are caught by poisoned memory.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cells import make_pair, random_cell_hx, random_hx, random_input, run
+from helpers import poison_heap, seed_per_test  # noqa: F401  (autouse fixture)
+
+TOL = dict(atol=2e-5, rtol=2e-5)
+STEP_CELLS = ["rnn_cell_tanh", "rnn_cell_relu", "lstm_cell", "gru_cell"]
+ROWS = [1, 2, 3, 5, 8]
+# (I, H): K = I or H below 8, not a multiple of 8, and a multiple of 8; G*H not a
+# multiple of 4 for the Elman cell (H = 7, 13).
+WIDTHS = [(3, 7), (11, 13), (16, 24), (37, 64)]
+
+
+def _assert_float32_matches(ref, new, x, hx):
+    expected_results, expected_grads = run(ref, x, hx)
+    poison_heap()
+    results, grads = run(new.float(), x.detach().float().requires_grad_(),
+                         tuple(h.detach().float().requires_grad_() for h in hx)
+                         if isinstance(hx, tuple) else hx.detach().float().requires_grad_())
+    for a, e in zip(results + grads, expected_results + expected_grads, strict=True):
+        torch.testing.assert_close(a.double(), e, **TOL)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("I,H", WIDTHS, ids=[f"I{i}-H{h}" for i, h in WIDTHS])
+@pytest.mark.parametrize("N", ROWS)
+@pytest.mark.parametrize("cell", STEP_CELLS)
+def test_step_cells_match_float64_torch(cell, N, I, H, bias):
+    ref, new = make_pair(cell, I, H, bias=bias, dtype=torch.float64)
+    x = torch.randn(N, I, dtype=torch.float64, requires_grad=True)
+    hx = random_cell_hx(ref, N)
+    _assert_float32_matches(ref, new, x, hx)
+
+
+SEQUENCES = ["rnn_tanh", "lstm", "lstm_proj", "gru"]
+
+
+@pytest.mark.parametrize("T,N", [(1, 1), (1, 8), (2, 3), (3, 2), (7, 1), (7, 5)])
+@pytest.mark.parametrize("I,H", WIDTHS[1:3], ids=[f"I{i}-H{h}" for i, h in WIDTHS[1:3]])
+@pytest.mark.parametrize("cell", SEQUENCES)
+def test_short_sequences_match_float64_torch(cell, I, H, T, N):
+    ref, new = make_pair(cell, I, H, num_layers=2, dtype=torch.float64)
+    x = random_input(ref, T, N)
+    hx = random_hx(ref, N)
+    _assert_float32_matches(ref, new, x, hx)
