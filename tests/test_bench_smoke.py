@@ -70,6 +70,9 @@ def test_cli_writes_results(tmp_path, capsys):
         assert g["gflops"]["mm_same_flops"] > 0 and g["gflops"]["rnnfast_fwd"] > 0
     assert gflops["lstm"]["forward_gflop"] == pytest.approx(4 * gflops["rnn"]["forward_gflop"])
     assert gflops["gru"]["forward_gflop"] == pytest.approx(3 * gflops["rnn"]["forward_gflop"])
+    # each cell's issue target: 70% of torch.mm for the Elman cell, 90% for LSTM and GRU
+    assert {c: g["target_fraction"] for c, g in gflops.items()} == {"rnn": 0.7, "lstm": 0.9,
+                                                                      "gru": 0.9}
 
     md = (out / "results.md").read_text()
     for needle in ("torch ms", "rnnfast ms", "speedup", "tokens/s", "saved torch", "saved rnnfast",

@@ -24,7 +24,9 @@ from .workloads import DTYPES, MODE_NAMES, Workload
 __all__ = ["Settings", "run_benchmarks", "geomean", "SCHEMA"]
 
 SCHEMA = "rnnfast-bench/1"
-GFLOPS_TARGET = 0.70  # the CPU-performance issue: rnnfast >= 70% of torch.mm's GFLOP/s
+# rnnfast's GFLOP/s at the GEMM-bound shape as a fraction of torch.mm's for the same FLOPs:
+# issue 5 (the Elman cell) asked for 70%, issue 14 (LSTM and GRU) for 90%.
+GFLOPS_TARGET = {"rnn": 0.70, "lstm": 0.90, "gru": 0.90}
 BF16_CPU_TARGET = 1.6  # the CPU-performance issue: bf16 fwd+bwd >= 1.6x our float32
 
 # Row statuses. Only "ok" rows carry timings; FAILED / ERROR make the CLI exit non-zero.
@@ -267,7 +269,7 @@ def _gflops_section(
         "mm_recurrent_step_shape": [cfg.B, cfg.P, N],
         "gflops": gf,
         "fwd_fraction_of_mm": gf["rnnfast_fwd"] / gf["mm_same_flops"],
-        "target_fraction": GFLOPS_TARGET,
+        "target_fraction": GFLOPS_TARGET[cfg.cell],
         "repeats": len(s.times["mm_same_flops"]),
     }
     if "fwdbwd" in modes:
@@ -277,7 +279,7 @@ def _gflops_section(
         if r["status"] == OK and r["label"] == cfg.label and r["dtype"] == dtype_name:
             gf[f"torch_{r['mode']}_sweep"] = r["torch_gflops"]
     fracs = [out["fwd_fraction_of_mm"]] + ([out["fwdbwd_fraction_of_mm"]] if "fwdbwd" in modes else [])
-    out["meets_target"] = all(f >= GFLOPS_TARGET for f in fracs)
+    out["meets_target"] = all(f >= out["target_fraction"] for f in fracs)
     del wl
     return out
 
