@@ -19,8 +19,7 @@ std::atomic<int64_t>& persistent_launch_counter() {
 int64_t persistent_launches() { return persistent_launch_counter().load(); }
 
 std::vector<at::Tensor> cell_step(const at::Tensor& input, at::TensorList hx,
-                                           at::TensorList weights, c10::string_view mode,
-                                           bool train) {
+                                  at::TensorList weights, c10::string_view mode, bool train) {
   const char* op = "rnnfast.cell_step";
   TORCH_CHECK(input.dim() == 2, op, ": input must be 2-D (N, H_in), got shape ", input.sizes());
   std::vector<at::Tensor> hx_steps;

@@ -31,8 +31,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rnn_bac
 // rnn_forward for one step of a one-layer cell on 2-D input and states: returns h_n (h'
 // or h', c'), each (N, H). Composite: its gradients are rnn_forward's.
 std::vector<at::Tensor> cell_step(const at::Tensor& input, at::TensorList hx,
-                                           at::TensorList weights, c10::string_view mode,
-                                           bool train);
+                                  at::TensorList weights, c10::string_view mode, bool train);
 
 at::Tensor rnn_cell_forward(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,

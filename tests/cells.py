@@ -195,3 +195,32 @@ def compare(ref, new, x, hx, dtype, loss_on="all", seed=0):
         assert_close(a, e, dtype, n)
         assert torch.isfinite(a).all(), f"{n}: not finite"
     return results_new, grads_new
+
+
+def float32_leaves(x):
+    """x (a tensor, PackedSequence, tuple of them or None) as float32 leaves requiring grad."""
+    if x is None:
+        return None
+    if isinstance(x, PackedSequence):
+        return x._replace(data=x.data.detach().float().requires_grad_())
+    if isinstance(x, tuple):
+        return tuple(float32_leaves(t) for t in x)
+    return x.detach().float().requires_grad_()
+
+
+def assert_float32_matches(ref, new, x, hx, tol, threads=(None,)):
+    """new (float32) on x, hx against ref (float64 on the same inputs): every result and
+    every gradient within tol, at each thread count in threads (None: the current one).
+    The caller restores the thread count."""
+    expected_results, expected_grads = run(ref, x, hx)
+    names = result_names(new) + grad_names(new, hx)
+    for n in threads:
+        if n is not None:
+            torch.set_num_threads(n)
+        poison_heap()
+        results, grads = run(new, float32_leaves(x), float32_leaves(hx))
+        where = "" if n is None else f" at {n} threads"
+        for a, e, what in zip(results + grads, expected_results + expected_grads, names,
+                              strict=True):
+            torch.testing.assert_close(a.double(), e, **tol,
+                                       msg=lambda m: f"{what}{where}: {m}")

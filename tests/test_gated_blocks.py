@@ -20,9 +20,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cells import (grad_names, make_pair, pack_random_lengths, random_hx, random_input,
-                   result_names, run)
-from helpers import poison_heap, seed_per_test  # noqa: F401  (autouse fixture)
+from cells import (assert_float32_matches, make_pair, pack_random_lengths, random_hx,
+                   random_input)
+from helpers import seed_per_test  # noqa: F401  (autouse fixture)
 
 TOL = dict(atol=2e-5, rtol=2e-5)
 
@@ -52,35 +52,13 @@ def _inputs(module, T, N, packed):
     return x, hx
 
 
-def _float(x):
-    if isinstance(x, torch.nn.utils.rnn.PackedSequence):
-        return x._replace(data=x.data.detach().float().requires_grad_())
-    if isinstance(x, tuple):
-        return tuple(_float(t) for t in x)
-    return x.detach().float().requires_grad_()
-
-
-def _assert_float32_matches(ref, new, x, hx, tol):
-    """new (float32) on x, hx against ref (float64), results and every gradient, at 1 and
-    2 threads."""
-    expected = run(ref, x, hx)
-    names = result_names(new) + grad_names(new, hx)
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        poison_heap()
-        results, grads = run(new, _float(x), _float(hx))
-        for a, e, what in zip(results + grads, expected[0] + expected[1], names, strict=True):
-            torch.testing.assert_close(a.double(), e, **tol,
-                                       msg=lambda m: f"{what} at {threads} threads: {m}")
-
-
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_blocked_projection_matches_float64_torch(case, packed):
     cell, T, N, I, H, layers, bidirectional = case
     ref, new = make_pair(cell, I, H, layers, bidirectional=bidirectional, dtype=torch.float64)
     x, hx = _inputs(ref, T, N, packed)
-    _assert_float32_matches(ref, new.float(), x, hx, TOL)
+    assert_float32_matches(ref, new.float(), x, hx, TOL, threads=(1, 2))
 
 
 @pytest.mark.parametrize("case", CASES[:2], ids=IDS[:2])
@@ -109,4 +87,5 @@ def test_large_sequence_gemms_match_float64_torch(case):
     ref, new = make_pair(cell, I, H, dtype=torch.float64, **kwargs)
     x = random_input(ref, T, N, dtype=torch.float64)
     hx = random_hx(ref, N, dtype=torch.float64)
-    _assert_float32_matches(ref, new.float(), x, hx, dict(atol=5e-5, rtol=5e-5))
+    assert_float32_matches(ref, new.float(), x, hx, dict(atol=5e-5, rtol=5e-5),
+                           threads=(1, 2))

@@ -19,8 +19,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cells import make_pair, random_cell_hx, random_hx, random_input, run
-from helpers import poison_heap, seed_per_test  # noqa: F401  (autouse fixture)
+from cells import assert_float32_matches, make_pair, random_cell_hx, random_hx, random_input
+from helpers import seed_per_test  # noqa: F401  (autouse fixture)
 
 TOL = dict(atol=2e-5, rtol=2e-5)
 STEP_CELLS = ["rnn_cell_tanh", "rnn_cell_relu", "lstm_cell", "gru_cell"]
@@ -28,16 +28,6 @@ ROWS = [1, 2, 3, 5, 8]
 # (I, H): K = I or H below 8, not a multiple of 8, and a multiple of 8; G*H not a
 # multiple of 4 for the Elman cell (H = 7, 13).
 WIDTHS = [(3, 7), (11, 13), (16, 24), (37, 64)]
-
-
-def _assert_float32_matches(ref, new, x, hx):
-    expected_results, expected_grads = run(ref, x, hx)
-    poison_heap()
-    results, grads = run(new.float(), x.detach().float().requires_grad_(),
-                         tuple(h.detach().float().requires_grad_() for h in hx)
-                         if isinstance(hx, tuple) else hx.detach().float().requires_grad_())
-    for a, e in zip(results + grads, expected_results + expected_grads, strict=True):
-        torch.testing.assert_close(a.double(), e, **TOL)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -48,7 +38,7 @@ def test_step_cells_match_float64_torch(cell, N, I, H, bias):
     ref, new = make_pair(cell, I, H, bias=bias, dtype=torch.float64)
     x = torch.randn(N, I, dtype=torch.float64, requires_grad=True)
     hx = random_cell_hx(ref, N)
-    _assert_float32_matches(ref, new, x, hx)
+    assert_float32_matches(ref, new.float(), x, hx, TOL)
 
 
 SEQUENCES = ["rnn_tanh", "lstm", "lstm_proj", "gru"]
@@ -61,4 +51,4 @@ def test_short_sequences_match_float64_torch(cell, I, H, T, N):
     ref, new = make_pair(cell, I, H, num_layers=2, dtype=torch.float64)
     x = random_input(ref, T, N)
     hx = random_hx(ref, N)
-    _assert_float32_matches(ref, new, x, hx)
+    assert_float32_matches(ref, new.float(), x, hx, TOL)
