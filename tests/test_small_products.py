@@ -11,7 +11,10 @@ tile. Specification:
   * the same for sequences of 1-7 steps, where the input projection covers all T*N
     rows (up to 8 of them on this kernel, more on BLAS), including proj_size;
   * a step accumulates into what it adds to (h W_hh^T onto x W_ih^T): checked by the
-    results themselves; unwritten outputs are caught by poisoned memory.
+    results themselves; unwritten outputs are caught by poisoned memory;
+  * from 8 steps the weights are packed in 24-column panels and a step of 1-3 rows runs
+    tiles of 4, 2 or 1 panels, then the 1-4 panels left (the last partial) as one tile:
+    every cell matches float64 torch where G*H and H leave each of those counts.
 """
 
 from __future__ import annotations
@@ -50,5 +53,20 @@ SEQUENCES = ["rnn_tanh", "lstm", "lstm_proj", "gru"]
 def test_short_sequences_match_float64_torch(cell, I, H, T, N):
     ref, new = make_pair(cell, I, H, num_layers=2, dtype=torch.float64)
     x = random_input(ref, T, N)
+    hx = random_hx(ref, N)
+    assert_float32_matches(ref, new.float(), x, hx, TOL)
+
+
+# (cell, H): G*H (the forward's step product) and H (the backward's) leave 1, 2, 3 and 4
+# of the 24-column panels after the 1-row tiles of 4 panels.
+PACKED_TAILS = [("rnn_tanh", 13), ("rnn_tanh", 40), ("rnn_tanh", 64), ("rnn_tanh", 90),
+                ("lstm", 10), ("lstm", 16), ("lstm", 23), ("gru", 21), ("gru", 30)]
+
+
+@pytest.mark.parametrize("N", [1, 2, 3])
+@pytest.mark.parametrize("cell,H", PACKED_TAILS, ids=[f"{c}-H{h}" for c, h in PACKED_TAILS])
+def test_packed_steps_of_few_rows_match_float64_torch(cell, H, N):
+    ref, new = make_pair(cell, 9, H, dtype=torch.float64)
+    x = random_input(ref, 9, N)
     hx = random_hx(ref, N)
     assert_float32_matches(ref, new.float(), x, hx, TOL)

@@ -183,8 +183,25 @@ void packed_four_row_groups(int64_t M4, int64_t N, int64_t K, const float* A, in
   }
 }
 
+// The last Q panels of rows [0, R), the last possibly partial (width columns in all):
+// one tile over all of them through a scratch row, so that a 1-row tail keeps 6-9
+// accumulators instead of 3 that wait on the FMA latency (at batch 1, H = 64 the Elman
+// step's whole product is such a tail). Each element is the same k-ordered sum.
+template <int R, int Q>
+void last_panels(int64_t width, int64_t K, const float* A, int64_t lda, const float* panel,
+                 int64_t panel_stride, float* C, int64_t ldc, bool accumulate) {
+  constexpr int64_t P = kSmallGemmPanel;
+  float part[R][Q * P];
+  tile_panels<R, Q>(K, A, lda, panel, panel_stride, &part[0][0], Q * P, false);
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < width; ++j) {
+      float* c = C + r * ldc + j;
+      *c = accumulate ? *c + part[r][j] : part[r][j];
+    }
+}
+
 // R < 4 rows: NP whole panels per tile (R * 3 * NP <= 12 accumulators), then the
-// panels left one at a time.
+// panels left (at most NP, the last possibly partial) in one tile.
 template <int R, int NP>
 void packed_few_rows(int64_t N, int64_t K, const float* A, int64_t lda, const float* Bp,
                      float* C, int64_t ldc, bool accumulate) {
@@ -195,9 +212,28 @@ void packed_few_rows(int64_t N, int64_t K, const float* A, int64_t lda, const fl
     int64_t n = 0;
     for (; n + NP * P <= N; n += NP * P)
       tile_panels<R, NP>(Kc, A + k0, lda, Bp + (n / P) * K * P + k0 * P, K * P, C + n, ldc, add);
-    for (; n < N; n += P)
-      panel_rows<R>(N - n < P ? N - n : P, Kc, A + k0, lda, Bp + (n / P) * K * P + k0 * P,
-                    C + n, ldc, add);
+    // N - n < NP * P columns are left: at most NP panels, within the register budget.
+    const int64_t rest = N - n;
+    const float* panel = Bp + (n / P) * K * P + k0 * P;
+    auto last = [&](auto Q) {
+      last_panels<R, Q()>(rest, Kc, A + k0, lda, panel, K * P, C + n, ldc, add);
+    };
+    switch ((rest + P - 1) / P) {
+      case 4:
+        if constexpr (NP >= 4) last(std::integral_constant<int, 4>{});
+        break;
+      case 3:
+        if constexpr (NP >= 3) last(std::integral_constant<int, 3>{});
+        break;
+      case 2:
+        if constexpr (NP >= 2) last(std::integral_constant<int, 2>{});
+        break;
+      case 1:
+        panel_rows<R>(rest, Kc, A + k0, lda, panel, C + n, ldc, add);
+        break;
+      default:
+        break;
+    }
   }
 }
 
