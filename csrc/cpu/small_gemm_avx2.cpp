@@ -94,6 +94,18 @@ void small_gemm_avx2(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld
   });
 }
 
+// The first `width` columns of R rows of a scratch tile (row stride ld) into C, added
+// where accumulating: a partial panel's padding columns are never stored.
+template <int R>
+void store_columns(int64_t width, const float* part, int64_t ld, float* C, int64_t ldc,
+                   bool accumulate) {
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < width; ++j) {
+      float* c = C + r * ldc + j;
+      *c = accumulate ? *c + part[r * ld + j] : part[r * ld + j];
+    }
+}
+
 // One 24-column panel of B (K x 24, the columns past `width` zero) times R rows of A:
 // a 4 x 24 register tile; a partial panel goes through a 24-wide scratch row (its
 // padding columns are not stored). Each element is the same k-ordered sum as above.
@@ -107,11 +119,7 @@ void panel_rows(int64_t width, int64_t K, const float* A, int64_t lda, const flo
   }
   float part[R][P];
   tile<R, 3>(K, A, lda, panel, P, &part[0][0], P, false);
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = 0; j < width; ++j) {
-      float* c = C + r * ldc + j;
-      *c = accumulate ? *c + part[r][j] : part[r][j];
-    }
+  store_columns<R>(width, &part[0][0], P, C, ldc, accumulate);
 }
 
 // Rows [0, R) x NP whole panels (NP * 24 columns) of C (+)= A B: for the 1-2 rows left
@@ -193,11 +201,7 @@ void last_panels(int64_t width, int64_t K, const float* A, int64_t lda, const fl
   constexpr int64_t P = kSmallGemmPanel;
   float part[R][Q * P];
   tile_panels<R, Q>(K, A, lda, panel, panel_stride, &part[0][0], Q * P, false);
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = 0; j < width; ++j) {
-      float* c = C + r * ldc + j;
-      *c = accumulate ? *c + part[r][j] : part[r][j];
-    }
+  store_columns<R>(width, &part[0][0], Q * P, C, ldc, accumulate);
 }
 
 // R < 4 rows: NP whole panels per tile (R * 3 * NP <= 12 accumulators), then the
